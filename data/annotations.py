@@ -1,0 +1,307 @@
+"""Aff-Wild2 annotations in every published layout → per (task, track) label arrays.
+
+Layouts accepted (SPEC §1):
+- uni-task folders, 2020/2021:
+  ``{VA_Set,EXPR_Set,AU_Set}/{Training_Set|Train_Set,Validation_Set}/<track>.txt``
+- uni-task folders, 2022+: ``{VA_Estimation_Challenge,EXPR_Classification_Challenge|
+  EXPR_Recognition_Challenge,AU_Detection_Challenge}/{Train_Set,Validation_Set}/<track>.txt``
+- the multi-task (s-Aff-Wild2) files ``training_set_annotations.txt`` / ``validation_set_annotations.txt``.
+
+A *track* is a video name, or ``<video>_left`` / ``<video>_right`` for two-person videos. Line 1 of a
+per-track file is the header; line k+1 is the label of frame k (1-based, like ``%05d.jpg``).
+Invalid markers: VA −5, EXPR −1, AU −1. Everything is returned as numpy arrays plus a boolean
+validity mask so callers never compare against sentinels themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TASKS = ("VA", "EXPR", "AU")
+
+VA_NAMES = ("valence", "arousal")
+EXPR_NAMES_7 = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
+EXPR_NAMES_8 = EXPR_NAMES_7 + ("Other",)
+AU_NAMES_8 = ("AU1", "AU2", "AU4", "AU6", "AU12", "AU15", "AU20", "AU25")
+AU_NAMES_12 = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+
+VA_INVALID = -5.0
+EXPR_INVALID = -1
+AU_INVALID = -1
+
+# Folder spellings of every edition, task → accepted names (first = the one we write).
+TASK_DIRS = {
+    "VA": ("VA_Set", "VA_Estimation_Challenge"),
+    "EXPR": ("EXPR_Set", "EXPR_Classification_Challenge", "EXPR_Recognition_Challenge"),
+    "AU": ("AU_Set", "AU_Detection_Challenge"),
+}
+# Split folder spellings, canonical split → accepted names.
+SPLIT_DIRS = {
+    "Train_Set": ("Train_Set", "Training_Set"),
+    "Validation_Set": ("Validation_Set",),
+}
+MTL_FILES = {
+    "Train_Set": "training_set_annotations.txt",
+    "Validation_Set": "validation_set_annotations.txt",
+}
+MTL_HEADER = "image,valence,arousal,expression,aus"
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file; the message names the file and the line."""
+
+
+@dataclass
+class TrackLabels:
+    """Labels of one task for one track.
+
+    values: VA float32 (n, 2); EXPR int64 (n,); AU int8 (n, k). Invalid entries keep their sentinel.
+    valid:  VA/EXPR bool (n,); AU bool (n, k) (AU validity is per entry).
+    names:  the column names from the header (EXPR: the class names, whose count says 7 or 8).
+    """
+
+    track: str
+    task: str
+    split: str
+    names: tuple[str, ...]
+    values: np.ndarray
+    valid: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def canonical_split(name: str) -> str:
+    """Map any split spelling (``Training_Set``, ``train``, ``val``...) to Train_Set / Validation_Set."""
+    key = name.lower().replace("-", "_")
+    if key in ("train_set", "training_set", "train", "training"):
+        return "Train_Set"
+    if key in ("validation_set", "val", "valid", "validation"):
+        return "Validation_Set"
+    raise ValueError(f"unknown split {name!r}: use Train_Set or Validation_Set")
+
+
+def task_of_header(header: str) -> tuple[str, tuple[str, ...]]:
+    """Identify the task of a per-track file from its header line."""
+    cols = tuple(c.strip() for c in header.strip().split(","))
+    if cols == VA_NAMES:
+        return "VA", cols
+    if cols in (EXPR_NAMES_7, EXPR_NAMES_8):
+        return "EXPR", cols
+    if cols in (AU_NAMES_8, AU_NAMES_12):
+        return "AU", cols
+    raise ValueError(f"unrecognised header {header.strip()!r}")
+
+
+def _parse_rows(lines: list[str], path: Path, n_cols: int, first_line: int) -> np.ndarray:
+    """Parse comma-separated numeric rows; errors name file and 1-based line."""
+    out = np.empty((len(lines), n_cols), dtype=np.float64)
+    for i, line in enumerate(lines):
+        parts = line.strip().split(",")
+        if len(parts) != n_cols:
+            raise AnnotationError(
+                f"{path}:{first_line + i}: expected {n_cols} values, got {len(parts)}: {line.strip()!r}"
+            )
+        try:
+            out[i] = [float(p) for p in parts]
+        except ValueError:
+            raise AnnotationError(f"{path}:{first_line + i}: non-numeric value in {line.strip()!r}") from None
+    return out
+
+
+def _read_lines(path: Path) -> list[str]:
+    text = Path(path).read_text()
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():  # tolerate trailing blank lines
+        lines.pop()
+    if not lines:
+        raise AnnotationError(f"{path}:1: empty file (no header)")
+    return lines
+
+
+def labels_from_array(track: str, task: str, split: str, names: tuple[str, ...], raw: np.ndarray,
+                      source: str = "") -> TrackLabels:
+    """Build a TrackLabels from raw numbers (sentinels included), deriving the validity mask."""
+    if task == "VA":
+        values = raw.reshape(-1, 2).astype(np.float32)
+        valid = np.all((values >= -1.0) & (values <= 1.0), axis=1)
+    elif task == "EXPR":
+        values = raw.reshape(-1).astype(np.int64)
+        valid = (values >= 0) & (values < len(names))
+    elif task == "AU":
+        values = raw.reshape(-1, len(names)).astype(np.int8)
+        valid = (values == 0) | (values == 1)
+    else:
+        raise ValueError(f"unknown task {task!r}")
+    return TrackLabels(track, task, split, tuple(names), values, valid, source)
+
+
+def read_label_file(path: str | Path, split: str = "", task: str | None = None) -> TrackLabels:
+    """Read one per-track annotation file (any edition); the task comes from the header."""
+    path = Path(path)
+    lines = _read_lines(path)
+    try:
+        found, names = task_of_header(lines[0])
+    except ValueError as e:
+        raise AnnotationError(f"{path}:1: {e}") from None
+    if task is not None and found != task:
+        raise AnnotationError(f"{path}:1: header is a {found} header, expected {task}")
+    raw = _parse_rows(lines[1:], path, len(names) if found != "EXPR" else 1, first_line=2)
+    if found == "EXPR" and np.any(raw != np.round(raw)):
+        bad = int(np.flatnonzero(raw != np.round(raw))[0])
+        raise AnnotationError(f"{path}:{bad + 2}: expression code must be an integer")
+    return labels_from_array(path.stem, found, split, names, raw, str(path))
+
+
+def find_task_dirs(root: str | Path) -> dict[str, Path]:
+    """Locate the per-task folders under ``root`` (itself, or its ``annotations/`` child)."""
+    root = Path(root)
+    found: dict[str, Path] = {}
+    for base in (root, root / "annotations"):
+        for task, spellings in TASK_DIRS.items():
+            for name in spellings:
+                if task not in found and (base / name).is_dir():
+                    found[task] = base / name
+    return found
+
+
+def find_split_dir(task_dir: Path, split: str) -> Path | None:
+    for name in SPLIT_DIRS[canonical_split(split)]:
+        if (task_dir / name).is_dir():
+            return task_dir / name
+    return None
+
+
+def read_task_split(task_dir: str | Path, task: str, split: str) -> dict[str, TrackLabels]:
+    """Read every ``<track>.txt`` of one task folder and split → {track: labels}."""
+    split = canonical_split(split)
+    split_dir = find_split_dir(Path(task_dir), split)
+    if split_dir is None:
+        return {}
+    out = {}
+    for f in sorted(split_dir.glob("*.txt")):
+        out[f.stem] = read_label_file(f, split=split, task=task)
+    return out
+
+
+def find_mtl_file(root: str | Path, split: str) -> Path | None:
+    root = Path(root)
+    name = MTL_FILES[canonical_split(split)]
+    for base in (root, root / "annotations"):
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
+def frame_number(image: str, path: Path, line_no: int) -> tuple[str, int]:
+    """``video/00001.jpg`` → (``video``, 1)."""
+    m = re.fullmatch(r"\s*(.+)/(\d+)\.(?:jpg|png)\s*", image)
+    if not m:
+        raise AnnotationError(f"{path}:{line_no}: bad image name {image!r} (expected video/00001.jpg)")
+    return m.group(1), int(m.group(2))
+
+
+def read_mtl_file(path: str | Path, split: str = "") -> dict[str, dict[str, TrackLabels]]:
+    """Read an s-Aff-Wild2 multi-task file → {task: {track: labels}}.
+
+    Rows name individual images, so each track's arrays run from frame 1 to its largest listed frame;
+    frames not listed are invalid in every task.
+    """
+    path = Path(path)
+    lines = _read_lines(path)
+    if lines[0].strip().replace(" ", "") != MTL_HEADER:
+        raise AnnotationError(f"{path}:1: expected header {MTL_HEADER!r}, got {lines[0].strip()!r}")
+    rows: dict[str, list[tuple[int, list[float]]]] = {}
+    n_cols = 2 + 1 + len(AU_NAMES_12)
+    for i, line in enumerate(lines[1:], start=2):
+        image, _, rest = line.partition(",")
+        track, frame = frame_number(image, path, i)
+        vals = _parse_rows([rest], path, n_cols, first_line=i)[0]
+        rows.setdefault(track, []).append((frame, vals))
+    out: dict[str, dict[str, TrackLabels]] = {t: {} for t in TASKS}
+    for track, items in rows.items():
+        n = max(f for f, _ in items)
+        raw = np.tile(np.array([VA_INVALID, VA_INVALID, EXPR_INVALID] + [AU_INVALID] * 12, float), (n, 1))
+        for frame, vals in items:
+            raw[frame - 1] = vals
+        src = str(path)
+        out["VA"][track] = labels_from_array(track, "VA", split, VA_NAMES, raw[:, 0:2], src)
+        out["EXPR"][track] = labels_from_array(track, "EXPR", split, EXPR_NAMES_8, raw[:, 2], src)
+        out["AU"][track] = labels_from_array(track, "AU", split, AU_NAMES_12, raw[:, 3:], src)
+    return out
+
+
+def read_annotations(root: str | Path, splits: tuple[str, ...] = ("Train_Set", "Validation_Set"),
+                     tasks: tuple[str, ...] = TASKS) -> dict[str, dict[str, TrackLabels]]:
+    """Read every task and split found under ``root`` → {task: {track: labels}}.
+
+    Uni-task folders win; the multi-task file is read when no uni-task folder exists for a task.
+    A track listed in two splits of the same task is an error (the data would leak).
+    """
+    root = Path(root)
+    task_dirs = find_task_dirs(root)
+    out: dict[str, dict[str, TrackLabels]] = {t: {} for t in tasks}
+    for split in splits:
+        split = canonical_split(split)
+        mtl = None
+        for task in tasks:
+            if task in task_dirs:
+                part = read_task_split(task_dirs[task], task, split)
+            else:
+                if mtl is None:
+                    f = find_mtl_file(root, split)
+                    mtl = read_mtl_file(f, split) if f else {t: {} for t in TASKS}
+                part = mtl[task]
+            for track, labels in part.items():
+                if track in out[task]:
+                    raise AnnotationError(
+                        f"{labels.source}:1: {task} track {track} also in {out[task][track].source}"
+                    )
+                out[task][track] = labels
+    if not any(out.values()) and not task_dirs and find_mtl_file(root, splits[0]) is None:
+        raise AnnotationError(f"{root}: no annotation folders (VA_Set, EXPR_Set, AU_Set or 2022+ names) "
+                              "and no multi-task annotation file found")
+    return out
+
+
+def invalid_row(task: str, names: tuple[str, ...]) -> np.ndarray:
+    """One row of sentinels for padding."""
+    if task == "VA":
+        return np.full(2, VA_INVALID, np.float32)
+    if task == "EXPR":
+        return np.array(EXPR_INVALID, np.int64)
+    return np.full(len(names), AU_INVALID, np.int8)
+
+
+def fit_length(labels: TrackLabels, n_frames: int) -> TrackLabels:
+    """Pad with invalid rows or truncate so there is exactly one label per decoded frame; logs it."""
+    n = len(labels)
+    if n == n_frames:
+        return labels
+    log.info("%s: %s has %d label lines for %d frames, %s", labels.source or labels.track, labels.task, n,
+             n_frames, "padding with invalid" if n < n_frames else "truncating")
+    if n > n_frames:
+        return replace(labels, values=labels.values[:n_frames], valid=labels.valid[:n_frames])
+    pad = n_frames - n
+    row = invalid_row(labels.task, labels.names)
+    values = np.concatenate([labels.values, np.broadcast_to(row, (pad,) + row.shape)])
+    valid = np.concatenate([labels.valid, np.zeros((pad,) + labels.valid.shape[1:], bool)])
+    return replace(labels, values=values, valid=valid)
+
+
+def read_video_list(path: str | Path) -> list[str]:
+    """A test-set list: one video/track name per line (an optional extension is dropped)."""
+    names = []
+    for line in Path(path).read_text().splitlines():
+        name = line.strip()
+        if name and not name.startswith("#"):
+            names.append(re.sub(r"\.(mp4|avi|mkv|mov)$", "", name, flags=re.I))
+    return names

@@ -1,0 +1,136 @@
+"""Annotation parsing for every Aff-Wild2 layout (SPEC §1), built on small files written here."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data import annotations as A
+
+
+def write(path: Path, header: str, rows: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header] + rows) + "\n")
+    return path
+
+
+def test_va_file_with_invalid_rows(tmp_path):
+    f = write(tmp_path / "v1.txt", "valence,arousal", ["0.1,0.2", "-5,-5", "-1,1", "0.5,-5"])
+    lab = A.read_label_file(f)
+    assert lab.task == "VA" and lab.track == "v1" and len(lab) == 4
+    np.testing.assert_allclose(lab.values[0], [0.1, 0.2], rtol=1e-6)
+    assert lab.valid.tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize("names", [A.EXPR_NAMES_7, A.EXPR_NAMES_8])
+def test_expr_file_both_headers(tmp_path, names):
+    f = write(tmp_path / "e.txt", ",".join(names), ["0", "-1", str(len(names) - 1), "3"])
+    lab = A.read_label_file(f, split="Train_Set")
+    assert lab.task == "EXPR" and lab.names == names and lab.split == "Train_Set"
+    assert lab.values.tolist() == [0, -1, len(names) - 1, 3]
+    assert lab.valid.tolist() == [True, False, True, True]
+
+
+@pytest.mark.parametrize("names", [A.AU_NAMES_8, A.AU_NAMES_12])
+def test_au_file_per_entry_validity(tmp_path, names):
+    k = len(names)
+    rows = [",".join(["1"] * k), ",".join(["-1"] * k), ",".join(["0"] * (k - 1) + ["-1"])]
+    lab = A.read_label_file(write(tmp_path / "a.txt", ",".join(names), rows))
+    assert lab.values.shape == (3, k) and lab.valid.shape == (3, k)
+    assert lab.valid[0].all() and not lab.valid[1].any() and lab.valid[2].sum() == k - 1
+
+
+def test_errors_name_file_and_line(tmp_path):
+    with pytest.raises(A.AnnotationError, match=r"bad\.txt:1: .*unrecognised header"):
+        A.read_label_file(write(tmp_path / "bad.txt", "valence;arousal", ["0,0"]))
+    with pytest.raises(A.AnnotationError, match=r"bad2\.txt:3: non-numeric"):
+        A.read_label_file(write(tmp_path / "bad2.txt", "valence,arousal", ["0,0", "x,0.1"]))
+    with pytest.raises(A.AnnotationError, match=r"bad3\.txt:2: expected 2 values"):
+        A.read_label_file(write(tmp_path / "bad3.txt", "valence,arousal", ["0.1"]))
+    with pytest.raises(A.AnnotationError, match=r"bad4\.txt:3: expression code must be an integer"):
+        A.read_label_file(write(tmp_path / "bad4.txt", ",".join(A.EXPR_NAMES_7), ["1", "2.5"]))
+    with pytest.raises(A.AnnotationError, match=r"empty\.txt:1: empty"):
+        (tmp_path / "empty.txt").write_text("")
+        A.read_label_file(tmp_path / "empty.txt")
+    with pytest.raises(A.AnnotationError, match="expected AU"):
+        A.read_label_file(write(tmp_path / "x.txt", "valence,arousal", ["0,0"]), task="AU")
+
+
+@pytest.mark.parametrize("layout", ["2020", "2021", "2022"])
+def test_folder_layouts(tmp_path, layout):
+    dirs = {"2020": ("VA_Set", "EXPR_Set", "AU_Set", "Training_Set"),
+            "2021": ("VA_Set", "EXPR_Set", "AU_Set", "Train_Set"),
+            "2022": ("VA_Estimation_Challenge", "EXPR_Recognition_Challenge", "AU_Detection_Challenge",
+                     "Train_Set")}[layout]
+    root = tmp_path / "annotations"
+    au = A.AU_NAMES_8 if layout == "2020" else A.AU_NAMES_12
+    expr = A.EXPR_NAMES_8 if layout == "2022" else A.EXPR_NAMES_7
+    write(root / dirs[0] / dirs[3] / "vid1.txt", "valence,arousal", ["0,0"] * 3)
+    write(root / dirs[0] / "Validation_Set" / "vid2_left.txt", "valence,arousal", ["0,0"] * 2)
+    write(root / dirs[1] / dirs[3] / "vid1.txt", ",".join(expr), ["1"] * 3)
+    write(root / dirs[2] / "Validation_Set" / "vid2_right.txt", ",".join(au), [",".join(["0"] * len(au))])
+    labels = A.read_annotations(tmp_path)  # the parent of annotations/ is accepted too
+    assert set(labels["VA"]) == {"vid1", "vid2_left"}
+    assert labels["VA"]["vid1"].split == "Train_Set" and labels["VA"]["vid2_left"].split == "Validation_Set"
+    assert labels["EXPR"]["vid1"].names == expr
+    assert labels["AU"]["vid2_right"].names == au
+    val = A.read_annotations(root, splits=("Validation_Set",))
+    assert set(val["VA"]) == {"vid2_left"} and val["EXPR"] == {}
+
+
+def test_track_in_two_splits_is_an_error(tmp_path):
+    write(tmp_path / "VA_Set" / "Train_Set" / "v.txt", "valence,arousal", ["0,0"])
+    write(tmp_path / "VA_Set" / "Validation_Set" / "v.txt", "valence,arousal", ["0,0"])
+    with pytest.raises(A.AnnotationError, match="also in"):
+        A.read_annotations(tmp_path)
+
+
+def test_no_annotations_is_an_error(tmp_path):
+    with pytest.raises(A.AnnotationError, match="no annotation folders"):
+        A.read_annotations(tmp_path)
+
+
+def test_mtl_file(tmp_path):
+    aus = ",".join(["0"] * 11 + ["1"])
+    rows = [f"vidA/00001.jpg,0.5,-0.25,3,{aus}", f"vidA/00003.jpg,-5,-5,-1,{','.join(['-1'] * 12)}",
+            f"vidB_left/00002.jpg,0.1,0.2,7,{aus}"]
+    f = write(tmp_path / "validation_set_annotations.txt", A.MTL_HEADER, rows)
+    out = A.read_mtl_file(f, split="Validation_Set")
+    va, expr, au = out["VA"]["vidA"], out["EXPR"]["vidA"], out["AU"]["vidA"]
+    assert len(va) == 3  # frames 1..3, frame 2 not listed → invalid
+    assert va.valid.tolist() == [True, False, False] and expr.values.tolist() == [3, -1, -1]
+    assert au.valid[0].all() and not au.valid[1:].any() and au.values[0, -1] == 1
+    assert out["EXPR"]["vidB_left"].values.tolist() == [-1, 7]
+    # read_annotations falls back to the MTL file when no uni-task folders exist
+    assert set(A.read_annotations(tmp_path, splits=("val",))["EXPR"]) == {"vidA", "vidB_left"}
+
+
+def test_mtl_errors(tmp_path):
+    with pytest.raises(A.AnnotationError, match=r"m\.txt:1: expected header"):
+        A.read_mtl_file(write(tmp_path / "m.txt", "image,v,a", []))
+    with pytest.raises(A.AnnotationError, match=r"m2\.txt:2: bad image name"):
+        A.read_mtl_file(write(tmp_path / "m2.txt", A.MTL_HEADER, ["vid,0,0,0," + ",".join(["0"] * 12)]))
+
+
+def test_fit_length_pads_and_truncates(tmp_path, caplog):
+    lab = A.read_label_file(write(tmp_path / "v.txt", "valence,arousal", ["0.1,0.1", "0.2,0.2", "0.3,0.3"]))
+    with caplog.at_level("INFO"):
+        longer = A.fit_length(lab, 5)
+    assert "3 label lines for 5 frames" in caplog.text
+    assert longer.values.shape == (5, 2) and longer.valid.tolist() == [True] * 3 + [False] * 2
+    assert np.all(longer.values[3:] == A.VA_INVALID)
+    shorter = A.fit_length(lab, 2)
+    assert shorter.values.shape == (2, 2) and shorter.valid.all()
+    assert A.fit_length(lab, 3) is lab
+    au = A.read_label_file(write(tmp_path / "a.txt", ",".join(A.AU_NAMES_12), [",".join(["1"] * 12)]))
+    padded = A.fit_length(au, 3)
+    assert padded.values.shape == (3, 12) and padded.valid.sum() == 12 and np.all(padded.values[1:] == -1)
+
+
+def test_split_names_and_video_lists(tmp_path):
+    assert A.canonical_split("Training_Set") == A.canonical_split("train") == "Train_Set"
+    assert A.canonical_split("val") == "Validation_Set"
+    with pytest.raises(ValueError, match="unknown split"):
+        A.canonical_split("Test_Set")
+    (tmp_path / "list.txt").write_text("vid1.mp4\n\nvid2_left\n# comment\n")
+    assert A.read_video_list(tmp_path / "list.txt") == ["vid1", "vid2_left"]
