@@ -1,0 +1,178 @@
+"""TSAV's log-mel spectrogram, computed once per video, and its 10 s windows (SPEC §2).
+
+The published pipeline recomputed a mel spectrogram for every frame from 10 s of samples, and padded
+on the wrong side near the start and end of the file. Here the dB spectrogram of the whole video is
+computed once (``logmel_db``, stored as float16) and each frame's model input is a slice of it centred
+on the frame's time (``window``), padded with silence on the side where the audio is missing. The
+steps that depend on the window's content (the 80 dB floor below the window's maximum, then the
+normalisation) are applied per window, so a slice equals the per-clip computation
+(``reference_logmel_clip``) except in the few columns whose STFT frames reach past the clip or past
+the audio, where the clip computation sees reflected or zero samples instead of the real neighbours:
+the first and last column of the window, and the one or two columns at the start / end of the audio.
+Everywhere else they agree to float32 rounding (see tests/test_audio.py for the measured numbers).
+
+Column j of a spectrogram is the STFT frame centred on sample j * HOP, i.e. on time j * 0.01 s.
+No torchaudio: torch.stft plus our own HTK mel filterbank reproduce torchaudio's ``MelSpectrogram``
+(power 2, htk scale, no norm) followed by ``AmplitudeToDB(top_db=80)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+SR = 44100
+N_FFT = 1024
+WIN = 882  # 20 ms
+HOP = 441  # 10 ms: one column per 0.01 s
+N_MELS = 64
+TOP_DB = 80.0
+NORM_MEAN = -14.8
+NORM_STD = 19.895
+WINDOW_SECONDS = 10
+WINDOW_COLUMNS = 1 + WINDOW_SECONDS * SR // HOP  # 1001
+HALF_COLUMNS = WINDOW_COLUMNS // 2  # 500 columns each side of the centre
+
+AMIN = 1e-10  # power floor before the log (torchaudio's default amin)
+SILENCE_DB = 10.0 * np.log10(AMIN)  # -100 dB: the value of a column with no sound at all
+
+# STFT columns computed per torch.stft call: bounds memory on long videos (~20 MB per chunk).
+_CHUNK_COLUMNS = 4096
+
+
+def hz_to_mel(f: np.ndarray | float) -> np.ndarray | float:
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(m: np.ndarray | float) -> np.ndarray | float:
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_freqs: int = N_FFT // 2 + 1, f_min: float = 0.0, f_max: float | None = None,
+                   n_mels: int = N_MELS, sr: int = SR) -> np.ndarray:
+    """Triangular HTK-mel filters as a (n_freqs, n_mels) float32 matrix, without area normalisation.
+
+    Filter m rises linearly from corner m to corner m+1 and falls to corner m+2, where the n_mels + 2
+    corners are equally spaced on the mel scale between f_min and f_max; weights are evaluated at the
+    FFT bin frequencies linspace(0, sr/2, n_freqs). Peak weight 1 at the centre frequency.
+    """
+    f_max = sr / 2 if f_max is None else f_max
+    bins = np.linspace(0.0, sr // 2, n_freqs)
+    corners = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    lower, centre, upper = corners[:-2], corners[1:-1], corners[2:]
+    rising = (bins[:, None] - lower) / (centre - lower)
+    falling = (upper - bins[:, None]) / (upper - centre)
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+
+
+_FILTERBANK = torch.from_numpy(mel_filterbank())
+_HANN = torch.hann_window(WIN)  # periodic, as torchaudio uses
+
+
+def _check_rate(sr: int) -> None:
+    if sr != SR:
+        raise ValueError(f"log-mel settings are defined for {SR} Hz audio, got {sr} Hz: resample first "
+                         "(data.video.read_audio(path, sr=44100))")
+
+
+def _pad_centre(audio: np.ndarray) -> np.ndarray:
+    """What torch.stft(center=True, pad_mode="reflect") does before framing.
+
+    Reflection needs more than N_FFT // 2 samples; shorter signals are zero-padded instead.
+    """
+    mode = "reflect" if len(audio) > N_FFT // 2 else "constant"
+    return np.pad(audio, N_FFT // 2, mode=mode)
+
+
+def power_mel(audio: np.ndarray, sr: int = SR) -> np.ndarray:
+    """Power mel spectrogram, float32 (N_MELS, 1 + len(audio) // HOP).
+
+    Same numbers as torchaudio.transforms.MelSpectrogram(sr, n_fft=1024, win_length=882, hop_length=441,
+    n_mels=64, mel_scale="htk") on the whole signal: centred frames with reflect padding at both ends.
+    Computed in chunks of columns so that a 15-minute video needs no more than a few tens of MB.
+    """
+    _check_rate(sr)
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    n_columns = 1 + len(audio) // HOP
+    padded = torch.from_numpy(_pad_centre(audio))
+    out = np.empty((N_MELS, n_columns), dtype=np.float32)
+    for c0 in range(0, n_columns, _CHUNK_COLUMNS):
+        c1 = min(n_columns, c0 + _CHUNK_COLUMNS)
+        # columns c0..c1-1 need padded samples [c0 * HOP, (c1 - 1) * HOP + N_FFT)
+        segment = padded[c0 * HOP:(c1 - 1) * HOP + N_FFT]
+        spec = torch.stft(segment, N_FFT, hop_length=HOP, win_length=WIN, window=_HANN, center=False,
+                          return_complex=True)
+        power = spec.real.square() + spec.imag.square()  # (N_FFT // 2 + 1, c1 - c0)
+        out[:, c0:c1] = (_FILTERBANK.T @ power).numpy()
+    return out
+
+
+def power_to_db(power: np.ndarray) -> np.ndarray:
+    return 10.0 * np.log10(np.maximum(power, AMIN))
+
+
+def logmel_db(audio: np.ndarray, sr: int = SR) -> np.ndarray:
+    """dB mel spectrogram of a whole video, float16 (N_MELS, 1 + len(audio) // HOP).
+
+    Neither floored to top_db nor normalised: both depend on the window and happen in ``window``.
+    float16 keeps values within ~0.03 dB (spacing 0.0625 between 64 and 128 dB magnitude).
+    """
+    return power_to_db(power_mel(audio, sr)).astype(np.float16)
+
+
+def finish_window(db: np.ndarray) -> np.ndarray:
+    """Per-window steps on a (N_MELS, WINDOW_COLUMNS) dB array: 80 dB floor under its max, normalise."""
+    db = np.maximum(db, db.max() - TOP_DB)
+    return ((db - NORM_MEAN) / NORM_STD).astype(np.float32)[None]
+
+
+def centre_column(t_center: float) -> int:
+    """Column whose STFT frame is centred nearest to time t (seconds on the video clock)."""
+    return int(round(t_center * SR / HOP))
+
+
+def window(mel_db: np.ndarray, t_center: float) -> np.ndarray:
+    """Model input (1, N_MELS, 1001) float32: the 10 s of ``logmel_db`` output centred on t_center.
+
+    Columns centre-500 … centre+500 with centre = round(t / 0.01); the part of that range outside the
+    audio (before its start or after its end) is silence (-100 dB), so the frame at t stays in the
+    middle column wherever it is in the video. t is quantised to the 10 ms column grid (at most 5 ms).
+    """
+    c = centre_column(t_center)
+    first, last = c - HALF_COLUMNS, c + HALF_COLUMNS + 1
+    n = mel_db.shape[1]
+    db = np.full((mel_db.shape[0], WINDOW_COLUMNS), SILENCE_DB, dtype=np.float32)
+    lo, hi = max(first, 0), min(last, n)
+    if lo < hi:
+        db[:, lo - first:hi - first] = mel_db[:, lo:hi]
+    return finish_window(db)
+
+
+def silent_window() -> np.ndarray:
+    """Input for a video without sound: the normalised silence (-100 + 14.8) / 19.895 ≈ -4.2825 everywhere.
+
+    This is what the per-clip computation gives on all-zero samples (every column at the -100 dB
+    floor), so a silent audio track and a missing one look the same to the model.
+    """
+    return finish_window(np.full((N_MELS, WINDOW_COLUMNS), SILENCE_DB, dtype=np.float32))
+
+
+def reference_logmel_clip(audio: np.ndarray, sr: int, t_center: float) -> np.ndarray:
+    """Straightforward per-clip computation (TSAV's, with the padding side fixed), (1, N_MELS, 1001).
+
+    Cuts samples [round(t * sr) - 5 s, round(t * sr) + 5 s), zero-fills the part outside the audio on
+    its own side, then STFT (centred, reflect) → mel → dB → 80 dB floor → normalisation, all on the clip.
+    Slow on purpose: used by tests and benchmarks to check ``window``.
+    """
+    _check_rate(sr)
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    n = WINDOW_SECONDS * sr
+    start = int(round(t_center * sr)) - n // 2
+    clip = np.zeros(n, dtype=np.float32)
+    lo, hi = max(start, 0), min(start + n, len(audio))
+    if lo < hi:
+        clip[lo - start:hi - start] = audio[lo:hi]
+    spec = torch.stft(torch.from_numpy(clip), N_FFT, hop_length=HOP, win_length=WIN, window=_HANN,
+                      center=True, pad_mode="reflect", return_complex=True)
+    mel = mel_filterbank().T @ (spec.abs() ** 2).numpy()
+    return finish_window(power_to_db(mel))
