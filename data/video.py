@@ -361,3 +361,30 @@ def _place_chunks(chunks: list[tuple[float | None, np.ndarray]], t0: float, vide
         cut = max(0, -start)
         out[start + cut:start + len(samples)] = samples[cut:]
     return out
+
+
+# --- finding videos --------------------------------------------------------------------------------
+VIDEO_EXTS = (".mp4", ".avi")
+TRACK_SUFFIXES = ("_left", "_right")
+
+
+def find_videos(folders: list[str | Path]) -> dict[str, Path]:
+    """Every .mp4/.avi under the folders (recursively) → {video name: path}; duplicates are an error."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: video folder not found")
+        for p in sorted(folder.rglob("*")):
+            if p.suffix.lower() in VIDEO_EXTS and p.is_file():
+                if p.stem in found:
+                    raise ValueError(f"{p}: video name {p.stem} also at {found[p.stem]}")
+                found[p.stem] = p
+    return found
+
+
+def video_of_track(track: str) -> str:
+    for suffix in TRACK_SUFFIXES:
+        if track.endswith(suffix):
+            return track[: -len(suffix)]
+    return track

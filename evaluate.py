@@ -1,0 +1,50 @@
+"""Score an ABAW submission with the official metrics of an edition, or check its format.
+
+    python evaluate.py --pred SUBMISSION --annotations DIR --edition abaw2021 [--json scores.json]
+    python evaluate.py --check SUBMISSION --annotations DIR --edition abaw3 [--videos DIR ...]
+
+Exit codes: 0 ok; 1 --check found problems; 2 wrong usage or unreadable inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from opts import evaluate_parser
+from utils.metrics import format_scores, write_json
+from utils.submission import check_submission, expected_for_check, score_submission
+
+
+def run_check(args) -> int:
+    expected = expected_for_check(args.check, args.annotations, args.split, args.videos, args.test_list)
+    problems = check_submission(args.check, args.edition, expected)
+    for p in problems:
+        print(p)
+    print(f"{len(problems)} problem{'s' * (len(problems) != 1)} in {args.check}")
+    return 1 if problems else 0
+
+
+def run_score(args) -> int:
+    scores = score_submission(args.pred, args.annotations, args.edition, args.split)
+    print(format_scores(scores))
+    if args.json:
+        write_json(scores, args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = evaluate_parser()
+    args = parser.parse_args(argv)
+    if args.pred and (args.videos is not None or args.test_list is not None):
+        parser.error("--videos and --test-list only apply to --check")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        return run_check(args) if args.check else run_score(args)
+    except (OSError, ValueError) as e:  # AnnotationError and SubmissionError are ValueErrors
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
