@@ -1,0 +1,179 @@
+"""Supervised multi-task losses (EXPR cross-entropy, AU binary cross-entropy, VA 1 − CCC), all masked.
+
+Validity is either given as boolean masks or read from the targets: EXPR outside [0, C), AU outside
+[0, 1] and VA outside [−1, 1] (the −1/−5 sentinels, NaN) are invalid. An invalid entry contributes
+nothing, to the loss or to any gradient, whatever its target or output value. A loss with nothing
+valid is a zero that is still attached to the graph (so ``backward()`` works and gives zero gradients).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.tsav import OutputLayout, get_layout, split_outputs
+
+# MTMT's supervised total 3·EXPR + AU + VA.
+DEFAULT_TASK_WEIGHTS = {"expr": 3.0, "au": 1.0, "va": 1.0}
+
+# EXPR class ids of the TSAV filtering rules (order of data.annotations.EXPR_NAMES_7).
+NEUTRAL, HAPPINESS, SADNESS = 0, 4, 5
+
+
+def _zero_like_graph(x: Tensor) -> Tensor:
+    # A 0 that keeps x's graph: no NaN even if x holds NaN/inf (nothing is multiplied), zero gradients.
+    return x.reshape(-1)[:0].sum()
+
+
+def expr_valid_mask(target: Tensor, num_classes: int) -> Tensor:
+    return (target >= 0) & (target < num_classes)
+
+
+def au_valid_mask(target: Tensor) -> Tensor:
+    return (target >= 0) & (target <= 1)
+
+
+def va_valid_mask(target: Tensor) -> Tensor:
+    return (target >= -1) & (target <= 1)
+
+
+def masked_cross_entropy(logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the valid samples of B×C logits and B class ids."""
+    if valid is None:
+        valid = expr_valid_mask(target, logits.shape[-1])
+    valid = valid.reshape(-1).bool()
+    if not valid.any():
+        return _zero_like_graph(logits)
+    return F.cross_entropy(logits[valid].float(), target.reshape(-1)[valid].long())
+
+
+def masked_au_bce(logits: Tensor, target: Tensor, valid: Tensor | None = None, reduction: str = "sum") -> Tensor:
+    """Per-AU BCE-with-logits, mean over each AU's valid entries, then summed (MTMT) or averaged over AUs.
+
+    ``target`` may be hard 0/1 labels or soft probabilities. AUs without a valid entry are left out.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    if valid is None:
+        valid = au_valid_mask(target)
+    valid = valid.bool()
+    if valid.dim() == 1:  # one flag per sample
+        valid = valid[:, None]
+    valid = valid.expand_as(logits)
+    # torch.where on the inputs (not on the loss) so invalid values never reach a gradient.
+    safe_logits = torch.where(valid, logits.float(), 0.0)
+    safe_target = torch.where(valid, target.float(), 0.0)
+    per_entry = F.binary_cross_entropy_with_logits(safe_logits, safe_target, reduction="none") * valid
+    count = valid.sum(dim=0)
+    present = count > 0
+    if not present.any():
+        return _zero_like_graph(logits)
+    per_au = per_entry.sum(dim=0)[present] / count[present]
+    return per_au.sum() if reduction == "sum" else per_au.mean()
+
+
+def concordance_cc(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
+    """CCC of two 1-D tensors with population (1/N) statistics, as the ABAW metric."""
+    x, y = x.float(), y.float()
+    mx, my = x.mean(), y.mean()
+    vx, vy = ((x - mx) ** 2).mean(), ((y - my) ** 2).mean()
+    cov = ((x - mx) * (y - my)).mean()
+    return 2 * cov / (vx + vy + (mx - my) ** 2 + eps)
+
+
+def ccc_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Σ over dimensions of (1 − CCC) on each dimension's valid rows; a dimension with < 2 valid rows adds 0.
+
+    ``pred`` is already in the target's space (e.g. tanh outputs); B×D (or B) tensors.
+    """
+    if pred.dim() == 1:
+        pred, target = pred[:, None], target[:, None]
+        valid = None if valid is None else valid.reshape(-1, 1)
+    if valid is None:
+        valid = va_valid_mask(target)
+    valid = valid.bool()
+    if valid.dim() == 1:
+        valid = valid[:, None]
+    valid = valid.expand_as(pred)
+    total = _zero_like_graph(pred)
+    for d in range(pred.shape[1]):
+        rows = valid[:, d]
+        if rows.sum() >= 2:
+            total = total + 1 - concordance_cc(pred[rows, d], target[rows, d])
+    return total
+
+
+def va_ccc_loss(va_raw: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+    """1 − CCC per dimension on tanh of the raw B×2 VA outputs, summed over valence and arousal."""
+    return ccc_loss(torch.tanh(va_raw.float()), target, valid)
+
+
+def rank_regularization(alpha: Tensor, high_ratio: float = 0.7, margin: float = 0.15) -> Tensor:
+    """Self-cure rank term: max(0, margin − (mean of the top ``high_ratio`` of alpha − mean of the rest))."""
+    alpha = alpha.reshape(-1).float()
+    n_high = int(high_ratio * alpha.numel())
+    if n_high < 1 or n_high >= alpha.numel():
+        return _zero_like_graph(alpha)
+    ranked = torch.sort(alpha, descending=True).values
+    return F.relu(margin - (ranked[:n_high].mean() - ranked[n_high:].mean()))
+
+
+def tsav_expr_keep_mask(expr: Tensor, va: Tensor, va_valid: Tensor | None = None) -> Tensor:
+    """False for EXPR labels that contradict the frame's VA label (reported TSAV filtering, unverified).
+
+    Drops Happiness with valence < 0, Sadness with valence > 0 and Neutral with √(v² + a²) > 0.5.
+    Frames without a valid VA label are kept.
+    """
+    if va_valid is None:
+        va_valid = va_valid_mask(va)
+    va_ok = va_valid.all(dim=-1) if va_valid.dim() > 1 else va_valid
+    v, a = va[..., 0].float(), va[..., 1].float()
+    contradicts = (
+        ((expr == HAPPINESS) & (v < 0))
+        | ((expr == SADNESS) & (v > 0))
+        | ((expr == NEUTRAL) & (torch.sqrt(v**2 + a**2) > 0.5))
+    )
+    return ~(contradicts & va_ok)
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted sum of the masked task losses for B×K outputs of an ``OutputLayout``.
+
+    ``targets``: {'expr': B ids, 'au': B×n_au 0/1, 'va': B×2}, any subset (a missing task adds nothing).
+    ``valid``: optional boolean masks of the same keys (else read from the target values). The self-cure
+    (outputs, alpha) tuple is accepted; the rank term belongs to the consistency loss, not here.
+    Returns (total, {task: unweighted loss}).
+    """
+
+    def __init__(self, layout: str | OutputLayout, weights: Mapping[str, float] | None = None,
+                 au_reduction: str = "sum", tsav_filter: bool = False) -> None:
+        super().__init__()
+        self.layout = get_layout(layout)
+        self.weights = {**DEFAULT_TASK_WEIGHTS, **(weights or {})}
+        unknown = set(self.weights) - set(DEFAULT_TASK_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown task weights {sorted(unknown)} (tasks: expr, au, va)")
+        self.au_reduction = au_reduction
+        self.tsav_filter = tsav_filter
+
+    def forward(self, outputs: Tensor | tuple, targets: Mapping[str, Tensor],
+                valid: Mapping[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        parts = split_outputs(outputs, self.layout)
+        valid = dict(valid or {})
+        if self.tsav_filter and "expr" in targets and "va" in targets:
+            expr_valid = valid.get("expr", expr_valid_mask(targets["expr"], self.layout.num_expr_classes))
+            valid["expr"] = expr_valid & tsav_expr_keep_mask(targets["expr"], targets["va"], valid.get("va"))
+        losses = {}
+        if "expr" in targets:
+            losses["expr"] = masked_cross_entropy(parts["expr"], targets["expr"], valid.get("expr"))
+        if "au" in targets:
+            losses["au"] = masked_au_bce(parts["au"], targets["au"], valid.get("au"), self.au_reduction)
+        if "va" in targets:
+            losses["va"] = va_ccc_loss(parts["va"], targets["va"], valid.get("va"))
+        if not losses:
+            raise ValueError("no targets given (expected any of 'expr', 'au', 'va')")
+        total = sum(self.weights[task] * loss for task, loss in losses.items())
+        return total, losses
