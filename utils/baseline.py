@@ -1,0 +1,67 @@
+"""A trivial reference prediction: the training-set prior for every frame of every validation track.
+
+    python -m utils.baseline --annotations DIR --videos DIR --edition abaw2021 --out PRED
+
+VA = the training mean, EXPR = the most frequent training class, AU = each AU's majority value.
+It is what any model must beat (its VA CCC is 0 by construction) and shows the submission path
+end to end: frame counts from the decoded videos, per-video files, then `evaluate.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from data.annotations import TASKS, TrackLabels, read_annotations
+from utils.metrics import columns_by_name, get_edition
+from utils.submission import per_video_names, video_frame_counts, write_per_video
+
+
+def training_prior(train: dict[str, dict[str, TrackLabels]], edition: str) -> dict[str, np.ndarray]:
+    """One constant prediction row per task from the training labels."""
+    prior = {}
+    va = [lab.values[lab.valid] for lab in train["VA"].values()]
+    if va:
+        prior["VA"] = np.concatenate(va).mean(axis=0)
+    n_classes = len(get_edition(edition).expr_names)
+    expr = [lab.values[lab.valid & (lab.values < n_classes)] for lab in train["EXPR"].values()]
+    if expr:
+        prior["EXPR"] = np.array(np.bincount(np.concatenate(expr), minlength=n_classes).argmax())
+    names = per_video_names("AU", edition)
+    au = [columns_by_name(lab, names) for lab in train["AU"].values()]
+    if au:
+        values = np.concatenate([v for v, _ in au]).astype(float)
+        valid = np.concatenate([m for _, m in au])
+        rate = (values * valid).sum(0) / np.maximum(valid.sum(0), 1)
+        prior["AU"] = (rate > 0.5).astype(np.int64)
+    return prior
+
+
+def predict_prior(annotations: str, videos: list[str], edition: str, split: str = "Validation_Set"
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    train = read_annotations(annotations, splits=("Train_Set",))
+    target = read_annotations(annotations, splits=(split,))
+    prior = training_prior(train, edition)
+    tracks = sorted({t for task in TASKS for t in target[task]})
+    counts = video_frame_counts(tracks, videos)
+    return {task: {t: np.repeat(prior[task][None], counts[t], axis=0) for t in target[task]}
+            for task in TASKS if task in prior and target[task]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Write the training-prior reference prediction for a split.")
+    p.add_argument("--annotations", required=True, help="annotation folder (task folders of one edition)")
+    p.add_argument("--videos", nargs="+", required=True, help="video folder(s), for the frame counts")
+    p.add_argument("--edition", default="abaw2021", choices=("abaw2020", "abaw2021", "abaw3"),
+                   help="edition whose file headers (class count, AU set) to write")
+    p.add_argument("--split", default="Validation_Set", help="which annotated split to predict")
+    p.add_argument("--out", default="demo_out/baseline_pred", help="submission folder to write")
+    args = p.parse_args(argv)
+    preds = predict_prior(args.annotations, args.videos, args.edition, args.split)
+    out = write_per_video(args.out, preds, args.edition)
+    print(f"wrote {sum(len(v) for v in preds.values())} prediction files to {out}")
+
+
+if __name__ == "__main__":
+    main()
