@@ -4,6 +4,8 @@
     python create_database.py --report DB [--json FILE]
     python create_database.py --out DB --merge SHARD0 SHARD1 ...
 
+Exit status: 0 when every video is ok, 1 when some video failed (listed at the end; rerun the same
+command to retry them), 2 for bad arguments or paths (one line naming the flag or path).
 See README "Database" for the key scheme and data/build.py for the pipeline.
 """
 
@@ -15,18 +17,27 @@ import sys
 import time
 from pathlib import Path
 
+import lmdb
+
 import opts
 from data import build, store
+from data.annotations import AnnotationError
+
+
+class UsageError(Exception):
+    """A bad flag or path: printed as one line, exit status 2."""
 
 
 def print_table(rows: list[list], header: list[str]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for r in [header, ["-" * w for w in widths]] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
 
 
 def run_report(db_path: str, json_path: str | None) -> int:
     with store.Store(db_path) as db:
+        if db.schema() is None:
+            raise UsageError(f"{db_path}: not a database built by create_database.py (no schema record)")
         rep = store.report(db)
     rows = [[t, v["frames"], v["faces"], "yes" if v["audio"] else "no",
              " ".join(f"{k}:{n}" for k, n in sorted(v["labels"].items())) or "-", v["status"][:40],
@@ -34,59 +45,83 @@ def run_report(db_path: str, json_path: str | None) -> int:
     print_table(rows, ["track", "frames", "faces", "audio", "valid labels", "status", "sha256"])
     t = rep["totals"]
     print(f"\n{t['videos']} videos ({t['videos_ok']} ok, {t['videos_failed']} failed), {t['tracks']} tracks, "
-          f"{t['frames']} frames, face rate {t['face_rate']:.1%}, {t['bytes_per_frame'] / 1024:.1f} KiB/frame")
+          f"{t['frames']} frames, face rate {t['face_rate']:.1%}, {t['bytes_per_frame'] / 1024:.1f} KiB/frame "
+          f"stored, {t['disk_bytes_per_frame'] / 1024:.1f} KiB/frame on disk ({t['disk_bytes'] / 2**20:.1f} MiB)")
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(rep, indent=1, sort_keys=True))
+        Path(json_path).write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
     return 0
 
 
-def print_summary(metas: list[dict], seconds: float) -> None:
-    ok = [m for m in metas if m["status"] == "ok"]
-    frames = sum(m.get("frames", 0) for m in ok)
-    faces = sum(m.get("faces", 0) for m in ok)
-    n_tracks = sum(len(m.get("tracks", [])) for m in ok)
-    nbytes = sum(m["stats"]["bytes"] for m in ok)
-    stages: dict[str, float] = {}
-    for m in metas:
-        for k, v in m["stats"]["seconds"].items():
-            stages[k] = stages.get(k, 0.0) + v
-    rows = [["videos ok / failed", f"{len(ok)} / {len(metas) - len(ok)}"],
-            ["frames", frames],
-            ["face rate", f"{faces / max(1, frames * max(1, n_tracks) / max(1, len(ok))):.1%}"],
+def summary_rows(metas: list[dict], seconds: float) -> list[list]:
+    """The end-of-build table: videos ok/failed, frames, face rate over all tracks, speed, size."""
+    t = store.totals(metas)
+    rows = [["videos ok / failed", f"{t['videos_ok']} / {t['videos_failed']}"],
+            ["tracks", t["tracks"]],
+            ["frames (decoded)", t["frames"]],
+            ["face rate (faces / frames x tracks)", f"{t['face_rate']:.1%}" if t["track_frames"] else "-"],
             ["wall seconds", f"{seconds:.1f}"],
-            ["frames/s (wall)", f"{frames / seconds:.1f}" if seconds else "-"],
-            ["bytes/frame", f"{nbytes / max(1, frames):.0f}"]]
-    rows += [[f"  worker s in {k}", f"{v:.1f}"] for k, v in sorted(stages.items(), key=lambda kv: -kv[1])]
-    print_table(rows, ["summary", "value"])
+            ["frames/s (wall)", f"{t['frames'] / seconds:.1f}" if seconds > 0 else "-"],
+            ["bytes/frame", f"{t['bytes_per_frame']:.0f}" if t["frames"] else "-"]]
+    rows += [[f"  worker s in {k}", f"{v:.1f}"] for k, v in sorted(t["stage_seconds"].items(), key=lambda kv: -kv[1])]
+    return rows
+
+
+def print_summary(metas: list[dict], seconds: float) -> None:
+    print_table(summary_rows(metas, seconds), ["summary", "value"])
     for m in metas:
         if m["status"] != "ok":
-            print(f"FAILED {m['source']}: {m['status']}")
+            print(f"FAILED {m.get('source', m.get('name'))}: {m['status']}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = opts.create_database_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def mask_kinds(spec: str) -> tuple[str, ...]:
+    kinds = tuple(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
+    unknown = sorted(set(kinds) - set(build.MASK_RENDERERS))
+    if unknown or not kinds:
+        raise UsageError(f"--masks {spec!r}: unknown or no mask type {unknown}; choose from "
+                         f"{', '.join(build.MASK_RENDERERS)}")
+    return kinds
+
+
+def run(args) -> int:
+    if args.json and not args.report:
+        raise UsageError("--json is only used with --report")
     if args.report:
         return run_report(args.report, args.json)
     if args.merge:
         n = build.merge(args.out, args.merge)
         print(f"merged {n} videos into {args.out}")
         return 0
-    mask_kinds = tuple(m.strip() for m in args.masks.split(",") if m.strip())
-    unknown = set(mask_kinds) - set(build.MASK_RENDERERS)
-    if unknown:
-        print(f"error: --masks: unknown mask type(s) {sorted(unknown)}; choose from tsav, mtmt", file=sys.stderr)
-        return 2
+    kinds = mask_kinds(args.masks)
+    for folder in args.videos:
+        if not Path(folder).is_dir():
+            raise UsageError(f"{folder}: video folder not found (--videos)")
+    if args.annotations and not Path(args.annotations).is_dir():
+        raise UsageError(f"{args.annotations}: annotation folder not found (--annotations; '' for none)")
     jobs = build.collect_jobs(args.videos, args.annotations or None, args.test_lists, args.cropped_aligned,
                               args.tsav_alignment)
     jobs = build.select_shard(jobs, build.parse_shard(args.shard))[: args.limit]
-    options = build.BuildOptions(masks=mask_kinds, detector=args.detector, detect_every=args.detect_every,
+    options = build.BuildOptions(masks=kinds, detector=args.detector, detect_every=args.detect_every,
                                  limit_frames=args.limit_frames)
     t0 = time.perf_counter()
     metas = build.build(jobs, args.out, options, workers=args.workers)
+    if not metas:
+        print(f"nothing to do: all {len(jobs)} videos are already complete in {args.out}")
+        return 0
     print_summary(metas, time.perf_counter() - t0)
+    with store.Store(args.out) as db:
+        print(f"database {args.out}: {len(db.video_names())} videos, {db.disk_bytes() / 2**20:.1f} MiB on disk")
     return 0 if all(m["status"] == "ok" for m in metas) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = opts.create_database_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (UsageError, FileNotFoundError, NotADirectoryError, AnnotationError, ValueError, lmdb.Error) as e:
+        print(f"create_database.py: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

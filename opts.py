@@ -7,6 +7,7 @@ function. Nothing here reads global state.
 from __future__ import annotations
 
 import argparse
+import re
 
 EDITIONS = ("abaw2020", "abaw2021", "abaw3")
 
@@ -43,36 +44,211 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _shard_spec(text: str) -> str:
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 0 <= K < N (e.g. 0/4 ... 3/4)")
+    return text.strip()
+
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """Bad flags: one line naming the flag (and a hint), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def create_database_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineErrors(
         description="Raw videos → aligned 112x112 faces, TSAV/MTMT masks, log-mel and labels in one LMDB. "
-        "Resumable: rerun the same command after a kill and finished videos are skipped.")
+        "Resumable: rerun the same command after a kill and finished videos are skipped (failed ones are "
+        "retried). Exit code 1 when a video failed, 2 on bad arguments or paths.")
     p.add_argument("--videos", nargs="+", default=[f"{DEFAULT_DATA}/videos"],
                    help="folder(s) searched recursively for .mp4/.avi videos (batch1/ batch2/ or flat)")
     p.add_argument("--annotations", default=DEFAULT_ANNOTATIONS,
                    help="annotation folder of any edition (task folders or the multi-task files); "
                    "'' to build without labels")
     p.add_argument("--test-lists", nargs="*", default=[],
-                   help="test-set list files: their _left/_right track names tell which videos hold two people")
+                   help="test-set list files (track names or track/00001.jpg images): their _left/_right names "
+                   "tell which videos hold two people; their tracks get split 'test' for the task the file "
+                   "name names (VA/EXPR/AU; any other name: every task)")
     p.add_argument("--out", default="demo_out/db", help="LMDB folder to create or resume")
-    p.add_argument("--workers", type=int, default=2,
+    p.add_argument("--workers", type=_positive_int, default=2,
                    help="processes that decode/detect/align in parallel (one writer); 1 = in-process")
     p.add_argument("--detector", choices=("hog", "cnn"), default="hog",
                    help="dlib face detector: HOG (fast, CPU) or the CNN/MMOD model (slow on CPU)")
-    p.add_argument("--detect-every", type=int, default=5,
+    p.add_argument("--detect-every", type=_positive_int, default=5,
                    help="run the detector every k frames; landmarks follow the face in between")
     p.add_argument("--masks", default="tsav,mtmt",
                    help="comma-separated masks to render and store: tsav (lines), mtmt (filled regions)")
-    p.add_argument("--shard", default=None, help="K/N: build only every N-th video starting at K (0-based)")
+    p.add_argument("--shard", type=_shard_spec, default=None,
+                   help="K/N: build only every N-th video (sorted by name) starting at K (0-based)")
     p.add_argument("--merge", nargs="+", default=None, metavar="SHARD_DB",
                    help="instead of building, merge these shard databases into --out")
     p.add_argument("--cropped-aligned", default=None,
                    help="import official cropped_aligned/<track>/%%05d.jpg crops instead of detecting faces")
     p.add_argument("--tsav-alignment", default=None,
-                   help="import TSAV alignment pickles (<video>.pkl or <video>_alignment_mask.pkl)")
-    p.add_argument("--limit", type=int, default=None, help="process only the first N videos (after --shard)")
-    p.add_argument("--limit-frames", type=int, default=None, help="debugging: only the first N frames per video")
+                   help="import TSAV alignment pickles, one per track: <track>.pkl or <track>_alignment_mask.pkl")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="process only the first N videos by name (after --shard)")
+    p.add_argument("--limit-frames", type=_positive_int, default=None,
+                   help="debugging: only the first N frames per video")
     p.add_argument("--report", metavar="DB", default=None,
-                   help="print a per-video summary of an existing database instead of building")
+                   help="print a per-track summary of an existing database instead of building")
     p.add_argument("--json", default=None, help="with --report: also write the report as JSON here")
+    return p
+
+
+def _args_of_line(line: str) -> list[str]:
+    """An @FILE line: whitespace-separated flags and values; '#' starts a comment."""
+    return line.split("#", 1)[0].split()
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """train.py: defaults are the published MTMT/TSAV settings (SPEC §3, §4) on full-size inputs."""
+    p = argparse.ArgumentParser(
+        description="Train the two-stream aural-visual model (TSAV) or its MTMT variant on the LMDB database, "
+        "optionally with the multi-task mean teacher. Launch with torchrun for several GPUs/nodes. "
+        "@FILE reads flags from a file (e.g. shs/demo_train.args): one or more per line, # comments.",
+        fromfile_prefix_chars="@")
+    p.convert_arg_line_to_args = _args_of_line
+    g = p.add_argument_group("data")
+    g.add_argument("--db", default="demo_out/db", help="LMDB database built by create_database.py")
+    g.add_argument("--output-dir", default="runs/train", help="folder for last.pth, best.pth, log.csv, tb/")
+    g.add_argument("--layout", default="abaw2021", choices=("abaw2020", "abaw2021", "mtmt", "abaw3"),
+                   help="output layout (which column means what; sets the EXPR classes and AU set)")
+    g.add_argument("--edition", default=None, choices=EDITIONS,
+                   help="edition whose official metrics score validation (default: the layout's)")
+    g.add_argument("--mask", default="tsav", choices=("tsav", "mtmt"),
+                   help="which stored mask is the 4th input channel (the database must hold it)")
+    g.add_argument("--size", type=_positive_int, default=112, help="clip height and width in pixels")
+    g.add_argument("--clip-len", type=_positive_int, default=8, help="frames per clip (the labelled frame last)")
+    g.add_argument("--dilation", type=_positive_int, default=6, help="spacing of the clip's frames, in source frames")
+    g.add_argument("--audio-seconds", type=float, default=10.0, help="length of the centred log-mel window")
+    g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
+    g = p.add_argument_group("sampling and augmentation")
+    g.add_argument("--samples-per-epoch", type=int, default=0,
+                   help="clips drawn per epoch over all processes (0: --epoch-fraction of the candidate frames)")
+    g.add_argument("--epoch-fraction", type=float, default=0.01,
+                   help="clips per epoch as a fraction of the candidate frames (MTMT: 1 %%)")
+    g.add_argument("--balance-tasks", action="store_true",
+                   help="draw so that each task's labelled frames get the same total weight")
+    g.add_argument("--balance-expr", action="store_true", help="draw EXPR classes equally often")
+    g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of the student clip")
+    g.add_argument("--jitter", type=float, default=0.1,
+                   help="student brightness/contrast/saturation jitter: factors in [1-x, 1+x] (0: off)")
+    g.add_argument("--hue", type=float, default=0.0, help="student hue jitter, fraction of the colour circle")
+    g.add_argument("--teacher-jitter", type=float, default=0.2,
+                   help="teacher brightness/contrast factors in [1-x, 1+x] (MTMT: 0.8-1.2)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="tsav", choices=("tsav", "mtmt"),
+                   help="tsav: R(2+1)D-18 + ResNet-18, one head; mtmt: SE video stream, task heads, self-cure")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout before the head(s)")
+    g.add_argument("--init-from", default=None,
+                   help="checkpoint to start from: same model and layout → every weight, else the two streams "
+                   "(e.g. a TSAV checkpoint to start MTMT)")
+    g.add_argument("--video-init", default=None, help="torchvision r2plus1d_18 state dict (Kinetics-400) file")
+    g.add_argument("--audio-init", default=None, help="torchvision resnet18 state dict (ImageNet) file")
+    g = p.add_argument_group("loss and mean teacher")
+    g.add_argument("--task-weights", default="expr=3,au=1,va=1", help="supervised (and consistency) task weights")
+    g.add_argument("--au-reduction", default="sum", choices=("sum", "mean"),
+                   help="per-AU BCE terms summed over AUs (MTMT) or averaged")
+    g.add_argument("--tsav-filter", action="store_true",
+                   help="drop EXPR labels that contradict VA (reported TSAV filtering, unverified)")
+    g.add_argument("--ssl", default="none", choices=("none", "mean_teacher"), help="semi-supervised method")
+    g.add_argument("--consistency", default="missing", choices=("missing", "all"),
+                   help="consistency per task on the samples missing that label (MTMT) or on all samples")
+    g.add_argument("--consistency-weight", type=float, default=0.4, help="maximum consistency weight")
+    g.add_argument("--rampup-epochs", type=float, default=15, help="sigmoid ramp-up length of the consistency weight")
+    g.add_argument("--ema-decay", type=float, default=0.99, help="teacher EMA decay (after the 1-1/(step+1) warm-up)")
+    g.add_argument("--rank-weight", type=float, default=12.0, help="weight of the self-cure rank term (mtmt model)")
+    g.add_argument("--select", default="auto", choices=("auto", "student", "teacher"),
+                   help="model that is validated and saved (auto: teacher with --ssl mean_teacher)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=_positive_int, default=100, help="epochs to train (MTMT: at most 100)")
+    g.add_argument("--stop-after", type=int, default=0,
+                   help="end this invocation after N epochs, to --resume later (e.g. cluster time limits); the "
+                   "schedule still plans --epochs (0: run to the end)")
+    g.add_argument("--batch-size", type=_positive_int, default=28, help="clips per step per process")
+    g.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
+    g.add_argument("--weight-decay", type=float, default=5e-5, help="Adam weight decay")
+    g.add_argument("--sched", default="none", choices=("none", "cosine", "step"),
+                   help="learning-rate schedule, stepped per optimiser step")
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up")
+    g.add_argument("--min-lr", type=float, default=0.0, help="final learning rate of the cosine schedule")
+    g.add_argument("--step-epochs", type=_positive_int, default=30, help="step schedule: epochs between decays")
+    g.add_argument("--gamma", type=float, default=0.1, help="step schedule: decay factor")
+    g.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm to this (0: off)")
+    g.add_argument("--patience", type=int, default=10,
+                   help="stop after this many epochs without a better validation score (0: never)")
+    g = p.add_argument_group("validation")
+    g.add_argument("--val-samples", type=int, default=0,
+                   help="validate on a fixed seeded subset of this many labelled frames (0: all of them)")
+    g.add_argument("--eval-batch-size", type=_positive_int, default=64, help="clips per validation step")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda (torchrun: one GPU per process)")
+    g.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
+                   help="mixed precision on CUDA (auto: bf16 where supported; none on CPU)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last (3D) memory format on the GPU")
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
+    g.add_argument("--seed", type=int, default=123, help="seed of the initialisation, sampling and augmentation")
+    g.add_argument("--resume", default=None, help="last.pth to continue from (model, teacher, optimiser, RNG, ...)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+                   help="write TensorBoard logs to OUTPUT_DIR/tb")
+    g.add_argument("--log-every", type=_positive_int, default=50, help="TensorBoard: steps between train scalars")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    return p
+
+
+def test_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Predict every frame of every video of a split from the database and write the edition's "
+        "submission files (checked, and scored on val); or, with --video, predict one video file and write a "
+        "per-frame CSV, a timeline plot and optionally an overlay MP4.")
+    p.add_argument("--checkpoint", required=True,
+                   help="best.pth/last.pth of train.py, or a published TSAV/MTMT checkpoint")
+    p.add_argument("--db", default="demo_out/db", help="LMDB database built by create_database.py")
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="val: tracks annotated in Validation_Set (scored); test: tracks of --test-lists, "
+                   "or every track without annotations")
+    p.add_argument("--edition", choices=EDITIONS, default="abaw2021",
+                   help="edition whose classes, AU set, file format and metrics to use")
+    p.add_argument("--format", choices=("per-video", "single-file"), default="per-video",
+                   help="per-video files (2020-2022) or one file per task (2023+)")
+    p.add_argument("--out", default="demo_out/test_val", help="output folder (written whole, then renamed)")
+    p.add_argument("--annotations", default=DEFAULT_ANNOTATIONS,
+                   help="annotation folder to score val predictions against (evaluate.py)")
+    p.add_argument("--test-lists", nargs="*", default=[],
+                   help="test-set list files (track names; the task is read from the file name)")
+    p.add_argument("--tracks", nargs="*", default=None, help="only these tracks of the split")
+    p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
+    p.add_argument("--chunk", type=int, default=512,
+                   help="consecutive frames decoded together; each crop is decoded once per chunk")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding chunks")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="autocast precision on CUDA (ignored on CPU)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last (3D) memory format on CUDA")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="average the outputs of each clip and its mirror image (off by default)")
+    p.add_argument("--smooth", type=int, default=1,
+                   help="centred moving average over N frames of VA and the probabilities (1 = off)")
+    p.add_argument("--au-threshold", type=float, default=0.5, help="AU probability threshold for 0/1 outputs")
+    p.add_argument("--no-raw", action="store_true", help="do not save per-frame raw outputs (.npz)")
+    p.add_argument("--video", default=None,
+                   help="predict this one video file instead of a database split (any video, any source)")
+    p.add_argument("--overlay", action="store_true",
+                   help="with --video: also write an MP4 with the face box and predictions drawn, audio kept")
+    p.add_argument("--detector", choices=("hog", "cnn"), default="hog", help="with --video: dlib face detector")
+    p.add_argument("--detect-every", type=int, default=5, help="with --video: run the detector every k frames")
     return p

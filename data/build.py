@@ -2,24 +2,38 @@
 
 One worker function turns a video (a ``VideoJob``) into a ``store.VideoRecord`` of plain bytes; the
 main process is the only writer and commits each video in one transaction. Workers are separate
-processes (``--workers N``); videos already complete in the database are skipped, so a killed run
-is resumed by running the same command again. ``--shard K/N`` builds every N-th video so several
-machines can share the work; ``merge`` combines the shard databases.
+processes (``--workers N``, started from a fork server, one torch thread each, each loading the dlib
+models once); their log records are sent back with the results and logged by the main process. A
+worker that dies (segfault, out of memory) breaks only its own videos: the videos that were in
+flight are retried one at a time and the one that kills its worker again is recorded as failed.
+
+Resuming: a video whose meta says "ok" and whose inputs (tracks, importer, label content, options
+that change the output) match this run is skipped, so a killed run is resumed by running the same
+command again; failed videos, and videos built with other inputs, are processed again.
+``--shard K/N`` builds every N-th video so several machines can share the work; ``merge`` combines
+the shard databases (checking each video's sha256).
 
 Two importers replace detection for users who already have it:
 - ``cropped_aligned``: the official 112x112 crops; landmarks are fitted on the crop for the masks.
-- ``tsav``: TSAV's per-video alignment pickles (per frame a 2x3 affine or None, plus 68 landmarks
-  in crop coordinates).
+- ``tsav``: TSAV's alignment pickles, one per track (per frame a 2x3 frame→crop affine or None, plus
+  68 landmarks in crop coordinates).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing as mp
+import os
 import pickle
 import re
+import select
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +49,8 @@ log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 95
 MASK_RENDERERS = {"tsav": masks.tsav_mask, "mtmt": masks.mtmt_mask}
+TEST_SPLIT = "test"
+TSAV_PICKLE_SUFFIXES = (".pkl", "_alignment_mask.pkl")
 
 
 @dataclass
@@ -45,9 +61,10 @@ class VideoJob:
     name: str
     tracks: list[str]
     labels: dict[str, dict[str, TrackLabels]] = field(default_factory=dict)  # track → task → labels
+    splits: dict[str, dict[str, str]] = field(default_factory=dict)  # track → task → split (incl. test)
     source: str = "detect"  # detect | cropped_aligned | tsav
     cropped_dir: str | None = None  # cropped_aligned root
-    tsav_pickle: str | None = None  # this video's TSAV alignment pickle
+    tsav_pickles: dict[str, str] = field(default_factory=dict)  # track → its TSAV alignment pickle
 
 
 @dataclass
@@ -57,44 +74,148 @@ class BuildOptions:
     detect_every: int = 5
     limit_frames: int | None = None  # debugging: stop after this many frames
 
+    def content(self) -> dict:
+        """The options (besides masks, which the schema fixes) that change what is stored."""
+        return {"detector": self.detector, "detect_every": self.detect_every, "limit_frames": self.limit_frames}
+
 
 # --- discovering the work -------------------------------------------------------------------------
-def plan_jobs(videos: dict[str, Path], annotations: dict[str, dict[str, TrackLabels]],
-              extra_tracks: list[str] = ()) -> list[VideoJob]:
-    """One job per video with its tracks (from annotations and test lists) and their labels."""
+def task_of_list(path: str | Path) -> str | None:
+    """Task of a test-set list from words in its file name (VA/valence, EXPR/expression, AU/action);
+    None (every task) otherwise, e.g. for an MTL list."""
+    words = set(re.split(r"[^a-z]+", Path(path).stem.lower()))
+    if "mtl" in words:
+        return None
+    for task, keys in (("VA", {"va", "valence", "arousal"}), ("EXPR", {"expr", "expression"}),
+                       ("AU", {"au", "action"})):
+        if words & keys:
+            return task
+    return None
+
+
+def read_test_lists(paths: Iterable[str | Path]) -> dict[str, set[str]]:
+    """Test-set lists → {track: tasks it is a test track of}. Lines may be track names or images
+    (``track/00001.jpg``, as in the 2022+ lists)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"{p}: test-set list not found")
+        task = task_of_list(p)
+        for name in read_video_list(p):
+            out[name.split("/")[0]].update([task] if task else TASKS)
+    return dict(out)
+
+
+def plan_jobs(videos: dict[str, Path], annotations: Mapping[str, Mapping[str, TrackLabels]],
+              test_tracks: Mapping[str, Iterable[str]] | Iterable[str] = ()) -> list[VideoJob]:
+    """One job per video with its tracks (from annotations and test lists), labels and splits.
+
+    ``test_tracks``: {track: tasks} from ``read_test_lists``, or just track names (no split info).
+    Every video gets a job; a video that nothing names has the single track of its own name.
+    """
+    if not isinstance(test_tracks, Mapping):
+        test_tracks = {t: () for t in test_tracks}
     tracks: dict[str, set[str]] = defaultdict(set)
     labels: dict[str, dict[str, dict[str, TrackLabels]]] = defaultdict(lambda: defaultdict(dict))
+    splits: dict[str, dict[str, str]] = defaultdict(dict)
     for task, per_track in annotations.items():
         for track, lab in per_track.items():
             tracks[video_of_track(track)].add(track)
             labels[video_of_track(track)][track][task] = lab
-    for track in extra_tracks:
+            splits[track][task] = lab.split
+    for track, tasks in test_tracks.items():
         tracks[video_of_track(track)].add(track)
+        for task in tasks:
+            if splits[track].get(task, TEST_SPLIT) != TEST_SPLIT:
+                log.warning("%s: in a %s test list but annotated in %s; keeping the annotation", track, task,
+                            splits[track][task])
+                continue
+            splits[track][task] = TEST_SPLIT
     unknown = sorted(v for v in tracks if v not in videos)
     if unknown:
-        log.warning("%d annotated tracks have no video file: %s", len(unknown), ", ".join(unknown[:10]))
+        log.warning("%d annotated/listed videos have no video file: %s%s", len(unknown), ", ".join(unknown[:10]),
+                    " ..." if len(unknown) > 10 else "")
     jobs = []
     for name, path in sorted(videos.items()):
         t = tracks.get(name) or {name}
         if any(x.endswith(TRACK_SUFFIXES) for x in t):
             # two people: a bare name would be ambiguous; keep only the left/right tracks
-            t = {x for x in t if x.endswith(TRACK_SUFFIXES)} or t
-        jobs.append(VideoJob(str(path), name, sorted(t), {k: dict(v) for k, v in labels[name].items()}))
+            dropped = sorted(t - {x for x in t if x.endswith(TRACK_SUFFIXES)})
+            if dropped:
+                log.warning("%s: has _left/_right tracks; ignoring the labels/listing of the bare track %s",
+                            name, dropped[0])
+            t = {x for x in t if x.endswith(TRACK_SUFFIXES)}
+        jobs.append(VideoJob(str(path), name, sorted(t),
+                             {k: dict(v) for k, v in labels[name].items() if k in t},
+                             {k: dict(splits[k]) for k in sorted(t) if splits.get(k)}))
     return jobs
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
     if not spec:
         return 0, 1
-    m = re.fullmatch(r"(\d+)/(\d+)", spec)
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"--shard {spec!r}: expected K/N with 0 <= K < N")
+        raise ValueError(f"--shard {spec!r}: expected K/N with 0 <= K < N (e.g. 0/4 ... 3/4)")
     return int(m.group(1)), int(m.group(2))
 
 
 def select_shard(jobs: list[VideoJob], shard: tuple[int, int]) -> list[VideoJob]:
     k, n = shard
     return [j for i, j in enumerate(sorted(jobs, key=lambda j: j.name)) if i % n == k]
+
+
+def find_tsav_pickle(folder: str | Path, track: str) -> Path | None:
+    """``<track>.pkl`` or ``<track>_alignment_mask.pkl`` in ``folder``."""
+    return next((p for s in TSAV_PICKLE_SUFFIXES if (p := Path(folder) / f"{track}{s}").is_file()), None)
+
+
+def collect_jobs(video_dirs: list[str], annotations: str | None, test_lists: Iterable[str] = (),
+                 cropped_aligned: str | None = None, tsav_alignment: str | None = None) -> list[VideoJob]:
+    """Find videos, labels and test lists and attach the importer each video uses.
+
+    A TSAV pickle is used when every track of the video has one (``<track>.pkl``); official crops
+    when every track has a ``cropped_aligned/<track>/`` folder; other videos are detected (logged).
+    """
+    for flag, folder in (("--cropped-aligned", cropped_aligned), ("--tsav-alignment", tsav_alignment)):
+        if folder and not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder}: folder not found ({flag})")
+    videos = find_videos(video_dirs)
+    if not videos:
+        raise FileNotFoundError(f"{', '.join(map(str, video_dirs))}: no .mp4/.avi videos found")
+    labels = read_annotations(annotations) if annotations else {}
+    jobs = plan_jobs(videos, labels, read_test_lists(test_lists))
+    for job in jobs:
+        if tsav_alignment:
+            found = {t: find_tsav_pickle(tsav_alignment, t) for t in job.tracks}
+            if all(found.values()):
+                job.source, job.tsav_pickles = "tsav", {t: str(p) for t, p in found.items()}
+            elif any(found.values()) or (len(job.tracks) > 1 and find_tsav_pickle(tsav_alignment, job.name)):
+                log.warning("%s: TSAV pickles for some tracks only (need one per track of %s); detecting faces",
+                            job.name, job.tracks)
+        if cropped_aligned and job.source == "detect":
+            if all((Path(cropped_aligned) / t).is_dir() for t in job.tracks):
+                job.source, job.cropped_dir = "cropped_aligned", cropped_aligned
+            else:
+                log.info("%s: no cropped_aligned folder for every track %s; detecting faces", job.name, job.tracks)
+    return jobs
+
+
+def labels_digest(job: VideoJob) -> str:
+    """Fingerprint of a job's labels and splits (so changed annotations cause a rebuild)."""
+    h = hashlib.sha256()
+    for track in sorted(job.labels):
+        for task in sorted(job.labels[track]):
+            lab = job.labels[track][task]
+            h.update(f"{track}|{task}|{lab.split}|{','.join(lab.names)}|".encode())
+            h.update(store.array_to_bytes(lab.values) + store.array_to_bytes(lab.valid))
+    h.update(repr(sorted((t, sorted(s.items())) for t, s in job.splits.items())).encode())
+    return h.hexdigest()[:16]
+
+
+def job_inputs(job: VideoJob, opts: BuildOptions) -> dict:
+    """What a stored video must have been built from to be skipped by this run (stored in its meta)."""
+    return {"tracks": list(job.tracks), "importer": job.source, "labels": labels_digest(job), **opts.content()}
 
 
 # --- per-frame work -------------------------------------------------------------------------------
@@ -151,14 +272,15 @@ class TrackWriter:
             self.rec.items.append((store.frame_key(self.track, index, kind), masks.encode_png(m)))
             self.timer.lap("encode")
 
-    def finish(self) -> dict:
+    def finish(self) -> int:
+        """Store the per-frame arrays; returns the number of frames with a face."""
         face = np.array(self.has_face, bool)
-        self.rec.put_array(store.track_key(self.track) + b"/face", face)
         key = store.track_key(self.track)
+        self.rec.put_array(key + b"/face", face)
         self.rec.put_array(key + b"/landmarks", np.array(self.landmarks, np.float16).reshape(-1, 68, 2))
         self.rec.put_array(key + b"/affine", np.array(self.affines, np.float32).reshape(-1, 2, 3))
         self.rec.put_array(key + b"/confidence", np.array(self.confidence, np.float16))
-        return {"faces": int(face.sum())}
+        return int(face.sum())
 
 
 def person_index(track: str, tracks: list[str]) -> int:
@@ -166,14 +288,25 @@ def person_index(track: str, tracks: list[str]) -> int:
     return 1 if track.endswith("_right") else 0
 
 
+_BACKENDS: dict[str, object] = {}
+
+
+def face_backend(detector: str):
+    """The dlib backend for ``detector``, loaded once per process (loading the models takes ~1 s)."""
+    if detector not in _BACKENDS:
+        from data import faces  # dlib is only needed on these paths
+
+        _BACKENDS[detector] = faces.DlibBackend(detector)
+    return _BACKENDS[detector]
+
+
 def run_detection(job: VideoJob, opts: BuildOptions, writers: dict[str, TrackWriter], timer: Timer,
                   times: list[float]) -> dict:
     """Decode every frame, track the face(s), align and write each track; returns tracker counters."""
-    from data import faces  # dlib is only needed on this path
+    from data import faces
 
     n_people = 2 if any(t.endswith(TRACK_SUFFIXES) for t in job.tracks) else 1
-    tracker = faces.FaceTracker(faces.DlibBackend(opts.detector), n_people=n_people,
-                                detect_every=opts.detect_every)
+    tracker = faces.FaceTracker(face_backend(opts.detector), n_people=n_people, detect_every=opts.detect_every)
     timer.lap("setup")
     for frame in video.iter_frames(job.path):
         if opts.limit_frames is not None and frame.index >= opts.limit_frames:
@@ -193,11 +326,9 @@ def run_detection(job: VideoJob, opts: BuildOptions, writers: dict[str, TrackWri
     return {"detector_runs": int(getattr(tracker, "detector_runs", 0))}
 
 
-def crop_landmarker():
+def crop_landmarker(detector: str = "hog") -> Callable[[np.ndarray], np.ndarray]:
     """A landmark fitter for 112x112 crops: the dlib predictor inside the template's face box."""
-    from data import faces
-
-    backend = faces.DlibBackend("hog")
+    backend = face_backend(detector)
     box = align.template_face_box()
     return lambda crop: backend.landmarks(crop, box)
 
@@ -209,7 +340,7 @@ def run_cropped_aligned(job: VideoJob, opts: BuildOptions, writers: dict[str, Tr
     if opts.limit_frames is not None:
         del times[opts.limit_frames:]
     timer.lap("decode")
-    fit = crop_landmarker()
+    fit = crop_landmarker(opts.detector)
     for track, w in writers.items():
         folder = Path(job.cropped_dir) / track
         for i in range(len(times)):
@@ -220,11 +351,17 @@ def run_cropped_aligned(job: VideoJob, opts: BuildOptions, writers: dict[str, Tr
             bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise ValueError(f"{f}: unreadable image")
-            crop = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (112, 112), interpolation=cv2.INTER_AREA)
+            crop = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            if crop.shape[:2] != (align.CROP_SIZE, align.CROP_SIZE):
+                crop = cv2.resize(crop, (align.CROP_SIZE, align.CROP_SIZE), interpolation=cv2.INTER_AREA)
             timer.lap("decode")
             lm = fit(crop)
             timer.lap("detect")
             w.add(i, crop, lm, 1.0)
+        extra = [p.name for p in folder.glob("*.jpg") if not p.stem.isdigit() or not 1 <= int(p.stem) <= len(times)]
+        if extra:
+            log.warning("%s: %d crops beyond the %d decoded frames ignored (e.g. %s)", folder, len(extra),
+                        len(times), sorted(extra)[0])
     return {}
 
 
@@ -233,29 +370,43 @@ def load_tsav_alignment(path: str | Path) -> tuple[list, list]:
     with open(path, "rb") as fh:
         d = pickle.load(fh)  # noqa: S301 - the user's own alignment files
     if not isinstance(d, dict) or "frame" not in d or "mask" not in d:
-        raise ValueError(f"{path}: not a TSAV alignment pickle (expected keys 'frame' and 'mask')")
+        raise ValueError(f"{path}: not a TSAV alignment pickle (expected a dict with keys 'frame' and 'mask')")
     return list(d["frame"]), list(d["mask"])
+
+
+def _tsav_entry(affines: list, lms: list, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    m = affines[i] if i < len(affines) else None
+    if m is None:
+        return None, None
+    m = np.asarray(m, np.float64).reshape(2, 3)
+    if not np.isfinite(m).all():
+        return None, None
+    lm = lms[i] if i < len(lms) else None
+    lm = None if lm is None else np.asarray(lm, np.float32).reshape(68, 2)
+    return m, lm
 
 
 def run_tsav_import(job: VideoJob, opts: BuildOptions, writers: dict[str, TrackWriter], timer: Timer,
                     times: list[float]) -> dict:
     """Warp every frame with TSAV's published affine (cubic, black border) and use its landmarks."""
-    affines, lms = load_tsav_alignment(job.tsav_pickle)
-    (track, w), = writers.items()
+    tables = {t: load_tsav_alignment(job.tsav_pickles[t]) for t in writers}
     for frame in video.iter_frames(job.path):
         if opts.limit_frames is not None and frame.index >= opts.limit_frames:
             break
         times.append(frame.time)
         timer.lap("decode")
-        m = affines[frame.index] if frame.index < len(affines) else None
-        if m is None:
-            w.add(frame.index, None, None)
-            continue
-        m = np.asarray(m, np.float64).reshape(2, 3)
-        crop = align.warp_face(frame.rgb, m)
-        lm = np.asarray(lms[frame.index], np.float32).reshape(68, 2) if lms[frame.index] is not None else None
-        timer.lap("align")
-        w.add(frame.index, crop, lm, 1.0, m)
+        for track, w in writers.items():
+            m, lm = _tsav_entry(*tables[track], frame.index)
+            if m is None:
+                w.add(frame.index, None, None)
+                continue
+            crop = align.warp_face(frame.rgb, m)
+            timer.lap("align")
+            w.add(frame.index, crop, lm, 1.0, m.astype(np.float32))
+    for track, (affines, _) in tables.items():
+        if len(affines) != len(times) and opts.limit_frames is None:
+            log.warning("%s: %d frames in the TSAV pickle, %d decoded (missing ones: no face)",
+                        job.tsav_pickles[track], len(affines), len(times))
     return {}
 
 
@@ -270,11 +421,21 @@ def track_labels_meta(fitted: dict[str, TrackLabels], lines: dict[str, int]) -> 
             for task, lab in fitted.items()}
 
 
+def new_record(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
+    return store.VideoRecord(job.name, {"name": job.name, "source": job.path, "tracks": list(job.tracks),
+                                        "importer": job.source, "inputs": job_inputs(job, opts)})
+
+
+def failed_record(job: VideoJob, opts: BuildOptions, reason: str) -> store.VideoRecord:
+    rec = new_record(job, opts)
+    rec.meta.update({"status": f"failed: {reason}", "stats": {"seconds": {}, "bytes": 0}})
+    return rec
+
+
 def process_video(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
     """The whole per-video pipeline; a failure yields a record with status 'failed: <reason>'."""
     timer = Timer()
-    rec = store.VideoRecord(job.name, {"name": job.name, "source": job.path, "tracks": job.tracks,
-                                       "importer": job.source})
+    rec = new_record(job, opts)
     try:
         info = video.probe(job.path)
         writers = {t: TrackWriter(t, opts.masks, rec, timer) for t in job.tracks}
@@ -284,23 +445,24 @@ def process_video(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
         if n == 0:
             raise video.VideoError(f"{job.path}: no frames decoded")
         rec.put_array(store.video_key(job.name) + b"/times", np.asarray(times, np.float64))
+        timer.lap("decode")
         sound = video.read_audio(job.path, audio.SR) if info.has_audio else None
-        timer.lap("audio")
         if sound is not None:
             rec.put_array(store.video_key(job.name) + b"/logmel", audio.logmel_db(sound, audio.SR))
         timer.lap("audio")
         faces_total = 0
         for track, w in writers.items():
-            faces_total += w.finish()["faces"]
+            faces = w.finish()
+            faces_total += faces
             given = job.labels.get(track, {})
             labels = {task: fit_length(lab, n) for task, lab in given.items()}
             for task, lab in labels.items():
                 rec.put_array(store.track_key(track) + f"/label/{task}/values".encode(), lab.values)
                 rec.put_array(store.track_key(track) + f"/label/{task}/valid".encode(), lab.valid)
             rec.put_json(store.track_key(track), {
-                "video": job.name, "person": person_index(track, job.tracks), "frames": n,
-                "faces": int(np.sum(w.has_face)),
+                "video": job.name, "person": person_index(track, job.tracks), "frames": n, "faces": faces,
                 "labels": track_labels_meta(labels, {t: len(lab) for t, lab in given.items()}),
+                "splits": job.splits.get(track, {}),
             })
         timer.lap("labels")
         rec.meta.update({
@@ -309,7 +471,7 @@ def process_video(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
             "masks": list(opts.masks), "faces": faces_total, **counters,
         })
     except Exception as e:  # noqa: BLE001 - any bad file becomes a logged, recorded failure
-        log.warning("%s: failed: %s", job.path, e)
+        log.debug("%s: failed: %s: %s", job.path, type(e).__name__, e)
         rec.items.clear()
         rec.meta.update({"status": f"failed: {type(e).__name__}: {e}"})
     rec.meta["stats"] = {"seconds": dict(timer.seconds), "bytes": sum(len(k) + len(v) for k, v in rec.items)}
@@ -317,69 +479,189 @@ def process_video(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
 
 
 # --- the driver -----------------------------------------------------------------------------------
-def _work(args: tuple[VideoJob, BuildOptions]) -> store.VideoRecord:
-    return process_video(*args)
+# Workers start from a fork server that imported this module before any thread pool existed:
+# forking the main process itself is unsafe once OpenCV or torch have started their thread pools
+# (a child inherits their locks without their threads and can hang, e.g. in cv2.setNumThreads).
+START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+class _LogCapture(logging.Handler):
+    """Collects a worker's log records so the main process can emit them (its handlers are there)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[int, str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.levelno, record.name, record.getMessage()))
+
+
+def _exit_with(pid: int) -> None:
+    """End this worker as soon as process ``pid`` (the main process) is gone, even after a SIGKILL:
+    workers started by a fork server are not its children, and would otherwise wait forever."""
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)  # Linux: readable once the process has ended
+            select.select([fd], [], [])
+        except (AttributeError, OSError):
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-main", daemon=True).start()
+
+
+def _init_worker(level: int, main_pid: int) -> None:
+    """Worker process setup: one torch thread (the processes are the parallelism), log records go
+    back with the results, and the worker ends with the main process (no orphans after a kill)."""
+    import torch
+
+    torch.set_num_threads(1)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(logging.NullHandler())
+    root.setLevel(level)
+    _exit_with(main_pid)
+
+
+def _work(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
+    """``process_video`` in a worker, with the log records it produced attached to the record."""
+    capture = _LogCapture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    try:
+        rec = process_video(job, opts)
+    finally:
+        root.removeHandler(capture)
+    rec.log = capture.records
+    return rec
+
+
+def _executor(workers: int) -> ProcessPoolExecutor:
+    ctx = mp.get_context(START_METHOD)
+    if START_METHOD == "forkserver":
+        ctx.set_forkserver_preload(["data.build"])
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(logging.getLogger().getEffectiveLevel(), os.getpid()))
+
+
+def _pool_pass(jobs: list[VideoJob], opts: BuildOptions, workers: int,
+               commit: Callable[[store.VideoRecord], None]) -> tuple[list[VideoJob], list[VideoJob]]:
+    """Run jobs in a pool of worker processes, committing each result as it arrives.
+
+    Returns ([], []) when all finished, else (jobs in flight when a worker died, jobs not started).
+    """
+    queue = list(reversed(jobs))
+    running: dict = {}
+    ex = _executor(workers)
+    try:
+        while queue or running:
+            while queue and len(running) < 2 * workers:
+                try:
+                    fut = ex.submit(_work, queue[-1], opts)
+                except BrokenProcessPool:  # a worker died since the last results came in
+                    return list(running.values()), list(reversed(queue))
+                running[fut] = queue.pop()
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                if isinstance(fut.exception(), BrokenProcessPool):
+                    broken = True
+                    continue
+                job = running.pop(fut)
+                if fut.exception() is not None:  # e.g. a result that could not be sent back
+                    e = fut.exception()
+                    commit(failed_record(job, opts, f"worker error: {type(e).__name__}: {e}"))
+                else:
+                    rec = fut.result()
+                    for level, name, msg in rec.log:
+                        logging.getLogger(name).log(level, "%s", msg)
+                    commit(rec)
+            if broken:
+                return list(running.values()), list(reversed(queue))
+        return [], []
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_parallel(jobs: list[VideoJob], opts: BuildOptions, workers: int,
+                  commit: Callable[[store.VideoRecord], None]) -> None:
+    pending = list(jobs)
+    while pending:
+        suspects, pending = _pool_pass(pending, opts, workers, commit)
+        if suspects:
+            log.warning("a worker process died; retrying %s one at a time", ", ".join(j.name for j in suspects))
+        for job in suspects:
+            again, _ = _pool_pass([job], opts, 1, commit)
+            if again:
+                log.warning("%s: its worker process died (crash or out of memory)", job.path)
+                commit(failed_record(job, opts, "worker process died (crash or out of memory)"))
 
 
 def build(jobs: list[VideoJob], out: str | Path, opts: BuildOptions, workers: int = 1) -> list[dict]:
-    """Process every job not yet complete in ``out``; returns the meta of every video handled now."""
+    """Process every job not yet complete (with the same inputs) in ``out``; returns the metas of
+    the videos processed now, in commit order."""
     with store.Store(out, readonly=False) as db:
         db.write_schema(list(opts.masks))
-        done = {v for v in db.video_names() if (db.video_meta(v) or {}).get("status") == "ok"}
-        todo = [j for j in jobs if j.name not in done]
+        todo, stale = [], []
+        for job in jobs:
+            meta = db.video_meta(job.name)
+            if meta is not None and meta.get("status") == "ok":
+                if meta.get("inputs") == job_inputs(job, opts):
+                    continue
+                stale.append(job.name)
+            todo.append(job)
+        if stale:
+            log.warning("%d videos were built from other inputs (tracks, labels, importer or options) and are "
+                        "rebuilt: %s%s", len(stale), ", ".join(stale[:5]), " ..." if len(stale) > 5 else "")
         log.info("%d videos, %d already complete, %d to do", len(jobs), len(jobs) - len(todo), len(todo))
-        metas = []
-        bar = tqdm(total=len(todo), desc="videos", unit="video", dynamic_ncols=True)
-        args = [(j, opts) for j in todo]
-        if workers <= 1:
-            results = map(_work, args)
-            pool = None
-        else:
-            pool = mp.get_context("fork").Pool(workers, maxtasksperchild=8)
-            results = pool.imap_unordered(_work, args)
+        metas: list[dict] = []
+        bar = tqdm(total=len(todo), desc="videos", unit="video", dynamic_ncols=True, disable=not todo)
+
+        def commit(rec: store.VideoRecord) -> None:
+            db.write_video(rec)
+            metas.append(rec.meta)
+            if rec.meta["status"] != "ok":
+                log.warning("%s: %s", rec.meta.get("source", rec.name), rec.meta["status"])
+            bar.set_postfix_str(f"{rec.name}: {rec.meta['status'][:30]}")
+            bar.update(1)
+
         try:
-            for rec in results:
-                db.write_video(rec)
-                metas.append(rec.meta)
-                bar.set_postfix_str(f"{rec.name}: {rec.meta['status'][:30]}")
-                bar.update(1)
+            if workers <= 1 or len(todo) <= 1:
+                for job in todo:
+                    commit(process_video(job, opts))
+            else:
+                _run_parallel(todo, opts, workers, commit)
         finally:
             bar.close()
-            if pool is not None:
-                pool.terminate()
     return metas
 
 
 def merge(out: str | Path, shards: list[str | Path]) -> int:
-    """Combine shard databases into ``out`` (same schema required)."""
+    """Combine shard databases into ``out`` (same schema required; every video's sha256 checked)."""
+    schemas = []
+    for shard in shards:
+        if Path(shard).resolve() == Path(out).resolve():
+            raise ValueError(f"{shard}: a shard cannot be merged into itself (--out)")
+        with store.Store(shard) as src:  # check every shard before creating anything
+            schema = src.schema()
+        if schema is None:
+            raise ValueError(f"{shard}: not a database built by create_database.py (no schema)")
+        if schemas and schema != schemas[0]:
+            raise ValueError(f"{shard}: schema {schema} differs from {shards[0]}'s {schemas[0]}")
+        schemas.append(schema)
     n = 0
     with store.Store(out, readonly=False) as db:
+        db.write_schema(schemas[0]["masks"])
         for shard in shards:
             with store.Store(shard) as src:
-                schema = src.schema()
-                if schema is None:
-                    raise ValueError(f"{shard}: not a database built by create_database.py (no schema)")
-                db.write_schema(schema["masks"])
                 n += db.copy_from(src)
     return n
-
-
-def collect_jobs(video_dirs: list[str], annotations: str | None, test_lists: list[str] = (),
-                 cropped_aligned: str | None = None, tsav_alignment: str | None = None) -> list[VideoJob]:
-    """Find videos and labels and attach the importer each video uses."""
-    videos = find_videos(video_dirs)
-    labels = read_annotations(annotations) if annotations else {t: {} for t in TASKS}
-    extra = [t for f in test_lists for t in read_video_list(f)]
-    jobs = plan_jobs(videos, labels, extra)
-    for job in jobs:
-        if tsav_alignment:
-            candidates = [Path(tsav_alignment) / f"{job.name}{s}" for s in (".pkl", "_alignment_mask.pkl")]
-            pkl = next((c for c in candidates if c.is_file()), None)
-            if pkl is not None:
-                if len(job.tracks) != 1:
-                    raise ValueError(f"{pkl}: TSAV pickles hold one face; {job.name} has tracks {job.tracks}")
-                job.source, job.tsav_pickle = "tsav", str(pkl)
-        if cropped_aligned and job.source == "detect" and all(
-                (Path(cropped_aligned) / t).is_dir() for t in job.tracks):
-            job.source, job.cropped_dir = "cropped_aligned", cropped_aligned
-    return jobs

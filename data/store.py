@@ -7,12 +7,15 @@ indices (annotation line k+1 and official crop ``%05d.jpg`` number k+1 both mean
     __schema__                       JSON  {"version", "masks": [...]}
     v/<video>                        JSON  video meta; written last in the video's transaction, so its
                                            presence means the video is complete ("status": "ok" or
-                                           "failed: <reason>")
+                                           "failed: <reason>"); also "tracks", "frames", "faces" (all
+                                           tracks), "audio", "importer", "options", "sha256", "stats"
     v/<video>/times                  npy   float64 (n,) presentation time of every decoded frame, s,
                                            relative to the first frame
     v/<video>/logmel                 npy   float16 (64, T) mel power in dB (not clamped, not
                                            normalised; see data.audio.window); absent without audio
-    t/<track>                        JSON  track meta: video, person, faces, splits and label names
+    t/<track>                        JSON  track meta: video, person, frames, faces, "labels" (per
+                                           annotated task: split, names, lines, valid) and "splits"
+                                           (task → Train_Set | Validation_Set | test)
     t/<track>/face                   npy   bool (n,) has_face per source frame
     t/<track>/landmarks              npy   float16 (n, 68, 2) landmarks in 112x112 crop coordinates
                                            (NaN where there is no face)
@@ -25,6 +28,10 @@ indices (annotation line k+1 and official crop ``%05d.jpg`` number k+1 both mean
     f/<track>/<%06d>/<mask>          PNG   112x112 grey mask (tsav, mtmt); only frames with a face
 
 A track is a video name, or ``<video>_left`` / ``<video>_right`` for two-person videos.
+
+A failed video keeps only its meta key (with "tracks" and the reason in "status"). Rewriting a
+video deletes its old keys and writes the new ones in the same transaction, so a reader never sees
+a half-written video; a full map is grown (doubled) and the transaction retried.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +50,9 @@ import numpy as np
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"__schema__"
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling when full
+
+# Meta fields that do not describe the content: left out of the sha256 (timings, where the file was).
+VOLATILE_META = ("sha256", "stats", "source")
 
 
 def video_key(video: str) -> bytes:
@@ -73,6 +84,7 @@ class VideoRecord:
     name: str
     meta: dict
     items: list[tuple[bytes, bytes]] = field(default_factory=list)  # every key except v/<video>
+    log: list[tuple[int, str, str]] = field(default_factory=list)  # (level, logger, message) from a worker
 
     def put_json(self, key: bytes, obj: dict) -> None:
         self.items.append((key, json.dumps(obj, sort_keys=True).encode()))
@@ -81,34 +93,81 @@ class VideoRecord:
         self.items.append((key, array_to_bytes(a)))
 
 
-def video_sha256(items: list[tuple[bytes, bytes]], meta: dict) -> str:
+def video_sha256(items: Iterable[tuple[bytes, bytes]], meta: dict) -> str:
     """Hash of every stored byte of a video (keys and values in key order) and of its meta.
 
-    The meta's own hash and its "stats" (timings, which differ run to run) are left out, so an
-    interrupted-and-resumed build and an uninterrupted one give the same hash.
+    The meta's own hash, its "stats" (timings, which differ run to run) and its "source" (the path
+    the video was read from) are left out, so an interrupted-and-resumed build, a sharded one, a
+    parallel one and an uninterrupted one all give the same hash for the same content.
     """
     h = hashlib.sha256()
     for k, v in sorted(items):
         h.update(len(k).to_bytes(4, "little") + k + len(v).to_bytes(8, "little") + v)
-    h.update(json.dumps({k: v for k, v in meta.items() if k not in ("sha256", "stats")}, sort_keys=True).encode())
+    h.update(json.dumps({k: v for k, v in meta.items() if k not in VOLATILE_META}, sort_keys=True).encode())
     return h.hexdigest()
 
 
+_OPEN: dict[str, list] = {}  # resolved folder → [env, writable, users, pid]: LMDB allows one env per process
+
+
 class Store:
-    """A thin wrapper over one LMDB environment (single writer, many readers)."""
+    """A thin wrapper over one LMDB environment (single writer, many readers).
+
+    ``readonly=True`` (the default) never creates anything and fails with FileNotFoundError naming
+    the folder when there is no database. Readers take LMDB's reader lock when they may (so reading
+    while a build writes is safe) and fall back to lock-free reading on read-only media. LMDB allows
+    one open environment per database and process, so Stores of the same folder in one process
+    share it (a reader may share a writer's; a writer cannot join a read-only one).
+    """
 
     def __init__(self, path: str | Path, readonly: bool = True, map_size: int = INITIAL_MAP_SIZE):
         self.path = Path(path)
-        if readonly and not (self.path / "data.mdb").exists():
-            raise FileNotFoundError(f"{self.path}: no LMDB database here (data.mdb missing)")
-        if not readonly:
+        if readonly:
+            if not self.path.is_dir():
+                raise FileNotFoundError(f"{self.path}: no such database folder")
+            if not (self.path / "data.mdb").is_file():
+                raise FileNotFoundError(f"{self.path}: not an LMDB database (no data.mdb in it)")
+        else:
+            if self.path.exists() and not self.path.is_dir():
+                raise NotADirectoryError(f"{self.path}: exists and is not a folder")
             self.path.mkdir(parents=True, exist_ok=True)
         self.readonly = readonly
-        self.env = lmdb.open(str(self.path), readonly=readonly, lock=not readonly, readahead=False,
-                             map_size=map_size, max_readers=512, subdir=True, meminit=False)
+        self._key = str(self.path.resolve())
+        shared = _OPEN.get(self._key)
+        if shared is not None and shared[3] == os.getpid():
+            if not readonly and not shared[1]:
+                raise lmdb.Error(f"{self.path}: already open read-only in this process; close it before writing")
+            shared[2] += 1
+            self.env = shared[0]
+            return
+        self.env = self._open(readonly, map_size)
+        _OPEN[self._key] = [self.env, not readonly, 1, os.getpid()]
+
+    def _open(self, readonly: bool, map_size: int) -> lmdb.Environment:
+        kw = dict(readonly=readonly, readahead=False, map_size=map_size, max_readers=512, subdir=True,
+                  meminit=False, create=not readonly)
+        try:
+            return lmdb.open(str(self.path), lock=True, **kw)
+        except lmdb.Error as e:
+            if not readonly:
+                raise lmdb.Error(f"{self.path}: cannot open the database for writing ({e})") from e
+            try:  # e.g. lock.mdb not writable (read-only medium): read without the lock table
+                return lmdb.open(str(self.path), lock=False, **kw)
+            except lmdb.Error as e2:
+                raise lmdb.Error(f"{self.path}: cannot open the database ({e2})") from e2
 
     def close(self) -> None:
-        self.env.close()
+        if self.env is None:
+            return
+        shared = _OPEN.get(self._key)
+        if shared is not None and shared[0] is self.env:
+            shared[2] -= 1
+            if shared[2] == 0:
+                del _OPEN[self._key]
+                self.env.close()
+        else:
+            self.env.close()
+        self.env = None
 
     def __enter__(self) -> Store:
         return self
@@ -117,8 +176,16 @@ class Store:
         self.close()
 
     # --- reading -----------------------------------------------------------------------------------
+    def _begin(self, write: bool = False) -> lmdb.Transaction:
+        """A transaction; a reader whose map was grown by another process adopts the new size."""
+        try:
+            return self.env.begin(write=write, buffers=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)  # 0 = adopt the size the writer set
+            return self.env.begin(write=write, buffers=False)
+
     def get(self, key: bytes) -> bytes | None:
-        with self.env.begin(buffers=False) as txn:
+        with self._begin() as txn:
             return txn.get(key)
 
     def get_json(self, key: bytes) -> dict | None:
@@ -132,9 +199,21 @@ class Store:
     def schema(self) -> dict | None:
         return self.get_json(SCHEMA_KEY)
 
+    def keys(self, prefix: bytes) -> list[bytes]:
+        """Every key starting with ``prefix``, sorted (values are not read)."""
+        out = []
+        with self._begin() as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k in cur.iternext(keys=True, values=False):
+                    if not k.startswith(prefix):
+                        break
+                    out.append(k)
+        return out
+
     def video_names(self) -> list[str]:
-        """Names of the completed (ok or failed) videos, sorted."""
-        return sorted(k.decode()[2:] for k, _ in self.scan(b"v/") if k.count(b"/") == 1)
+        """Names of the completed (ok or failed) videos, sorted; reads keys only, not the values."""
+        return sorted(k[2:].decode() for k in self.keys(b"v/") if b"/" not in k[2:])
 
     def video_meta(self, video: str) -> dict | None:
         return self.get_json(video_key(video))
@@ -143,24 +222,50 @@ class Store:
         return self.get_json(track_key(track))
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        with self.env.begin(buffers=False) as txn:
+        """(key, value) of every key starting with ``prefix``, in key order (read in one transaction)."""
+        out = []
+        with self._begin() as txn:
             cur = txn.cursor()
-            if not cur.set_range(prefix):
-                return
-            for k, v in cur:
-                if not k.startswith(prefix):
-                    break
-                yield k, v
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out.append((k, v))
+        return iter(out)
+
+    def _video_prefixes(self, video: str, meta: dict) -> tuple[list[bytes], list[bytes]]:
+        """(exact keys, key prefixes) that belong to a video, its meta key excluded."""
+        exact, prefixes = [], [video_key(video) + b"/"]
+        for track in meta.get("tracks", []):
+            exact.append(track_key(track))
+            prefixes += [track_key(track) + b"/", f"f/{track}/".encode()]
+        return exact, prefixes
 
     def video_items(self, video: str) -> list[tuple[bytes, bytes]]:
         """Every stored (key, value) of a video except its meta key, in key order."""
         meta = self.video_meta(video) or {}
-        items = [kv for kv in self.scan(video_key(video) + b"/")]
-        for track in meta.get("tracks", []):
-            items += [kv for kv in self.scan(track_key(track))
-                      if kv[0] == track_key(track) or kv[0].startswith(track_key(track) + b"/")]
-            items += list(self.scan(f"f/{track}/".encode()))
+        exact, prefixes = self._video_prefixes(video, meta)
+        items = []
+        with self._begin() as txn:
+            for k in exact:
+                v = txn.get(k)
+                if v is not None:
+                    items.append((k, v))
+        for p in prefixes:
+            items += list(self.scan(p))
         return sorted(items)
+
+    def disk_bytes(self) -> int:
+        """Bytes of the database file in use (pages up to the last one written, free pages included).
+
+        More than the stored bytes: a value over ~2 KiB (a JPEG crop) takes whole 4 KiB overflow pages.
+        """
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    def verify(self, video: str) -> bool:
+        """True when a video's stored bytes still hash to the sha256 in its meta."""
+        meta = self.video_meta(video)
+        return meta is not None and video_sha256(self.video_items(video), meta) == meta.get("sha256")
 
     # --- writing -----------------------------------------------------------------------------------
     def write_schema(self, masks: list[str]) -> None:
@@ -168,32 +273,40 @@ class Store:
         have = self.schema()
         want = {"version": SCHEMA_VERSION, "masks": sorted(masks)}
         if have is None:
-            self._put_all([(SCHEMA_KEY, json.dumps(want, sort_keys=True).encode())])
+            self._transaction([(SCHEMA_KEY, json.dumps(want, sort_keys=True).encode())])
         elif have != want:
             raise ValueError(f"{self.path}: existing database has schema {have}, this run wants {want}; "
                              "use another --out or the same --masks")
 
+    def _old_keys(self, video: str) -> list[bytes]:
+        """Keys of the stored version of a video (meta key included), to delete before rewriting it."""
+        meta = self.video_meta(video)
+        if meta is None:
+            return []
+        exact, prefixes = self._video_prefixes(video, meta)
+        return [video_key(video)] + exact + [k for p in prefixes for k in self.keys(p)]
+
     def delete_video(self, video: str) -> None:
-        """Remove a video and all its tracks' keys (used before rewriting a failed video)."""
-        keys = [k for k, _ in self.video_items(video)] + [video_key(video)]
-        with self.env.begin(write=True) as txn:
-            for k in keys:
-                txn.delete(k)
+        """Remove a video and all its tracks' keys."""
+        self._transaction([], self._old_keys(video))
 
     def write_video(self, rec: VideoRecord) -> str:
-        """Commit a whole video in one transaction with its meta written last; returns the sha256."""
-        if self.video_meta(rec.name) is not None:
-            self.delete_video(rec.name)
+        """Commit a whole video (replacing any stored version) in one transaction; returns the sha256."""
         rec.meta["sha256"] = video_sha256(rec.items, rec.meta)
         meta = json.dumps(rec.meta, sort_keys=True).encode()
-        self._put_all(rec.items + [(video_key(rec.name), meta)])
+        self._transaction(rec.items + [(video_key(rec.name), meta)], self._old_keys(rec.name))
         return rec.meta["sha256"]
 
-    def _put_all(self, items: list[tuple[bytes, bytes]]) -> None:
-        """Write items in one transaction; on a full map, double the map size and retry."""
+    def _transaction(self, items: list[tuple[bytes, bytes]], delete: Iterable[bytes] = ()) -> None:
+        """Delete keys then write items, atomically; on a full map, double the map size and retry."""
+        if self.readonly:
+            raise lmdb.ReadonlyError(f"{self.path}: opened read-only")
+        delete = list(delete)
         while True:
             try:
                 with self.env.begin(write=True) as txn:
+                    for k in delete:
+                        txn.delete(k)
                     for k, v in items:
                         txn.put(k, v)
                 return
@@ -201,41 +314,71 @@ class Store:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
 
     def copy_from(self, other: Store) -> int:
-        """Copy every complete video of another database (a shard) into this one; returns the count."""
+        """Copy every complete video of another database (a shard) into this one; returns the count.
+
+        Each video's bytes are checked against its sha256 first. A video already stored here with
+        status ok is not replaced by a failed one.
+        """
         n = 0
         for video in other.video_names():
+            meta = other.video_meta(video)
             items = other.video_items(video)
-            meta = other.get(video_key(video))
-            if self.video_meta(video) is not None:
-                self.delete_video(video)
-            self._put_all(items + [(video_key(video), meta)])
+            if video_sha256(items, meta) != meta.get("sha256"):
+                raise ValueError(f"{other.path}: video {video} does not match its sha256 (damaged database?)")
+            mine = self.video_meta(video)
+            if mine is not None and mine.get("status") == "ok" and meta.get("status") != "ok":
+                continue
+            self._transaction(items + [(video_key(video), json.dumps(meta, sort_keys=True).encode())],
+                              self._old_keys(video))
             n += 1
         return n
 
 
+def totals(video_metas: list[dict]) -> dict:
+    """Counts over video metas: videos ok/failed, tracks, frames (decoded frames, each video once),
+    track_frames (frames × tracks), faces (over all tracks), face_rate = faces / track_frames,
+    bytes (stored), bytes_per_frame = bytes / frames, and worker seconds per stage."""
+    ok = [m for m in video_metas if m.get("status") == "ok"]
+    t: dict = {"videos": len(video_metas), "videos_ok": len(ok), "videos_failed": len(video_metas) - len(ok),
+               "tracks": sum(len(m.get("tracks", [])) for m in video_metas),
+               "frames": sum(m.get("frames", 0) for m in ok),
+               "track_frames": sum(m.get("frames", 0) * len(m.get("tracks", [])) for m in ok),
+               "faces": sum(m.get("faces", 0) for m in ok),
+               "bytes": sum(m.get("stats", {}).get("bytes", 0) for m in ok)}
+    stages: dict[str, float] = {}
+    for m in video_metas:
+        for k, v in m.get("stats", {}).get("seconds", {}).items():
+            stages[k] = stages.get(k, 0.0) + v
+    t["face_rate"] = t["faces"] / t["track_frames"] if t["track_frames"] else 0.0
+    t["bytes_per_frame"] = t["bytes"] / t["frames"] if t["frames"] else 0.0
+    t["stage_seconds"] = stages
+    t["seconds"] = sum(stages.values())
+    return t
+
+
 def report(db: Store) -> dict:
-    """Per track (one entry per video, per person for two-person videos) and totals, as plain data."""
+    """Per track (one entry per video, per person for two-person videos) and totals, as plain data.
+
+    ``{"videos": {track: {"video", "frames", "faces", "audio", "labels": {task: valid frames},
+    "splits", "status", "sha256"}}, "totals": totals(...) + disk_bytes(_per_frame), "schema": {...}}``;
+    failed videos are included with their status (frames and faces 0).
+    """
     videos: dict[str, dict] = {}
-    totals = {"videos": 0, "videos_ok": 0, "videos_failed": 0, "tracks": 0, "frames": 0, "faces": 0,
-              "bytes": 0, "seconds": 0.0}
+    metas = []
     for name in db.video_names():
         meta = db.video_meta(name)
-        ok = meta["status"] == "ok"
-        totals["videos"] += 1
-        totals["videos_ok" if ok else "videos_failed"] += 1
-        totals["bytes"] += meta.get("stats", {}).get("bytes", 0)
-        totals["seconds"] += sum(meta.get("stats", {}).get("seconds", {}).values())
-        for track in meta.get("tracks", [name]):
+        metas.append(meta)
+        ok = meta.get("status") == "ok"
+        for track in meta.get("tracks") or [name]:
             tm = (db.track_meta(track) or {}) if ok else {}
             videos[track] = {
-                "video": name, "frames": meta.get("frames", 0), "faces": tm.get("faces", 0),
+                "video": name, "frames": meta.get("frames", 0) if ok else 0, "faces": tm.get("faces", 0),
                 "audio": bool(meta.get("audio", False)),
                 "labels": {task: v["valid"] for task, v in tm.get("labels", {}).items()},
-                "status": meta["status"], "sha256": meta.get("sha256", ""),
+                "splits": tm.get("splits", {}),
+                "status": meta.get("status", "?"), "sha256": meta.get("sha256", ""),
             }
-            totals["tracks"] += 1
-            totals["frames"] += videos[track]["frames"]
-            totals["faces"] += videos[track]["faces"]
-    totals["face_rate"] = totals["faces"] / totals["frames"] if totals["frames"] else 0.0
-    totals["bytes_per_frame"] = totals["bytes"] / totals["frames"] if totals["frames"] else 0.0
-    return {"videos": videos, "totals": totals, "schema": db.schema()}
+    t = totals(metas)
+    t["disk_bytes"] = db.disk_bytes()
+    t["disk_bytes_per_frame"] = t["disk_bytes"] / t["frames"] if t["frames"] else 0.0
+    return {"videos": videos, "totals": t, "schema": db.schema()}

@@ -1,0 +1,486 @@
+"""The database stage end to end on the quick mini Aff-Wild2: create_database.py → LMDB, checked against
+the generator's ground truth (frame counts, faces, landmarks, labels, audio) and for resumability,
+bad input, shards, importers, parallelism, the report and the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+import create_database
+from data import align, build, masks, store
+from data.annotations import fit_length, read_label_file
+
+REPO = Path(__file__).resolve().parents[1]
+TSAV_LEVELS = {0, masks.TSAV_MOUTH, masks.TSAV_LEFT_BROW, masks.TSAV_RIGHT_BROW, masks.TSAV_LEFT_EYE,
+               masks.TSAV_RIGHT_EYE, masks.TSAV_NOSE, masks.TSAV_JAW}
+MTMT_LEVELS = {0, masks.MTMT_SKIN, masks.MTMT_BROWS, masks.MTMT_NOSE, masks.MTMT_EYES, masks.MTMT_UPPER_LIP,
+               masks.MTMT_LOWER_LIP}
+TWO = "7-30-640x360"  # the two-person video of the generator
+FACELESS = "3-30-640x360"  # its face slides out of the frame for ~1 s
+SILENT = "4-30-400x300"  # no audio stream
+
+
+# --- helpers --------------------------------------------------------------------------------------
+def cli(*args) -> int:
+    return create_database.main([str(a) for a in args])
+
+
+def subset(root: Path, names: list[str], dst: Path) -> Path:
+    """A videos folder holding symlinks to some of the generator's videos."""
+    meta = json.loads((root / "meta.json").read_text())
+    dst.mkdir(parents=True)
+    for v in meta["videos"]:
+        if v["name"] in names:
+            (dst / Path(v["path"]).name).symlink_to(root / v["path"])
+    return dst
+
+
+def shas(db_path: Path) -> dict[str, str]:
+    with store.Store(db_path) as db:
+        return {v: db.video_meta(v)["sha256"] for v in db.video_names()}
+
+
+def frame_parts(db: store.Store, track: str) -> dict[int, set[str]]:
+    """Frame index → stored parts (rgb, tsav, mtmt) of a track."""
+    out: dict[int, set[str]] = {}
+    for k in db.keys(f"f/{track}/".encode()):
+        _, _, idx, part = k.decode().split("/")
+        out.setdefault(int(idx), set()).add(part)
+    return out
+
+
+def decoded_frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(c.streams.video[0]))
+
+
+def jpeg(b: bytes) -> np.ndarray:
+    return build.decode_jpeg(b).astype(np.float64)
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def meta(mini_quick) -> dict:
+    return json.loads((mini_quick / "meta.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tracks(meta) -> dict[str, dict]:
+    """Track name → its generator meta, with the video's meta under "video"."""
+    return {t["name"]: {**t, "video": v} for v in meta["videos"] for t in v["tracks"]}
+
+
+@pytest.fixture(scope="module")
+def ann(mini_quick) -> Path:
+    return mini_quick / "annotations" / "abaw2021"
+
+
+@pytest.fixture(scope="module")
+def ref(mini_quick, ann, tmp_path_factory) -> Path:
+    """The reference: every video of the quick dataset, --workers 2, all masks, test lists."""
+    out = tmp_path_factory.mktemp("ref") / "db"
+    rc = cli("--videos", mini_quick / "videos", "--annotations", ann, "--test-lists",
+             *sorted((mini_quick / "test_sets").glob("*.txt")), "--out", out, "--workers", 2)
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def db(ref):
+    with store.Store(ref) as d:
+        yield d
+
+
+# --- content of the reference build ---------------------------------------------------------------
+def test_every_video_and_track_is_stored(db, meta, tracks, mini_quick):
+    assert db.video_names() == sorted(v["name"] for v in meta["videos"])  # test videos included
+    assert db.video_meta(TWO)["tracks"] == [f"{TWO}_left", f"{TWO}_right"]
+    for v in meta["videos"]:
+        vm = db.video_meta(v["name"])
+        assert vm["status"] == "ok", vm["status"]
+        n = decoded_frames(mini_quick / v["path"])
+        assert vm["frames"] == n == len(db.get_array(store.video_key(v["name"]) + b"/times"))
+        for t in vm["tracks"]:
+            assert t in tracks
+            face = db.get_array(store.track_key(t) + b"/face")
+            assert face.dtype == bool and face.shape == (n,)
+            for suffix, shape in ((b"/landmarks", (n, 68, 2)), (b"/affine", (n, 2, 3)), (b"/confidence", (n,))):
+                assert db.get_array(store.track_key(t) + suffix).shape == shape
+            parts = frame_parts(db, t)
+            assert sorted(parts) == np.flatnonzero(face).tolist()  # crop keys exist iff has_face
+            assert all(p == {"rgb", "tsav", "mtmt"} for p in parts.values())
+            assert face.mean() > 0.5
+
+
+def test_faceless_stretch_has_no_face(db, tracks):
+    (first, last), = tracks[FACELESS]["faceless_frames"]  # 1-based, inclusive
+    face = db.get_array(store.track_key(FACELESS) + b"/face")
+    gone = face[first - 1:last]
+    assert not gone[3:-3].any() and gone.mean() < 0.1
+    assert face[:first - 1].all()
+    assert not any(first - 1 + 3 <= i < last - 3 for i in frame_parts(db, FACELESS))
+
+
+def test_alignment_matches_the_truth(db, tracks, mini_quick):
+    """Truth 5 points through the stored affine land where the ideal similarity puts them (within a few px
+    of the ArcFace template: the photo's own geometry leaves ~5.4 px RMS even for the ideal fit)."""
+    for name in tracks:
+        truth = np.load(mini_quick / "truth" / f"{name}.npy")
+        affine = db.get_array(store.track_key(name) + b"/affine")
+        face = db.get_array(store.track_key(name) + b"/face")
+        assert np.isnan(affine[~face]).all() and np.isfinite(affine[face]).all()
+        both = face & np.isfinite(truth).all(axis=(1, 2))
+        err, rms = [], []
+        for i in np.flatnonzero(both):
+            ideal = align.transform_points(truth[i], align.estimate_similarity(truth[i], align.TEMPLATE_112))
+            ours = align.transform_points(truth[i], affine[i])
+            err.append(np.linalg.norm(ours - ideal, axis=1).mean())
+            rms.append(np.sqrt(((ours - align.TEMPLATE_112) ** 2).sum(1).mean()))
+        assert np.mean(np.array(err) < 3.0) >= 0.85, name
+        assert np.median(err) < 1.5 and np.median(rms) < 6.5, name
+
+
+def test_two_person_tracks_follow_their_person(db, mini_quick):
+    truth = {s: np.load(mini_quick / "truth" / f"{TWO}_{s}.npy") for s in ("left", "right")}
+    assert np.nanmean(truth["left"][:, :, 0]) < np.nanmean(truth["right"][:, :, 0])
+    for side, other in (("left", "right"), ("right", "left")):
+        affine = db.get_array(store.track_key(f"{TWO}_{side}") + b"/affine")
+        ok = np.isfinite(affine).all(axis=(1, 2))
+        own = [np.abs(align.transform_points(truth[side][i], affine[i]) - align.TEMPLATE_112).mean()
+               for i in np.flatnonzero(ok)]
+        wrong = [np.abs(align.transform_points(truth[other][i], affine[i]) - align.TEMPLATE_112).mean()
+                 for i in np.flatnonzero(ok)]
+        assert np.median(own) < 6 and np.median(wrong) > 30
+        assert db.track_meta(f"{TWO}_{side}")["person"] == (0 if side == "left" else 1)
+
+
+def test_masks_are_lossless_pngs_with_exact_levels(db):
+    seen = {"tsav": set(), "mtmt": set()}
+    for track in ("video2", f"{TWO}_right"):
+        for i in sorted(frame_parts(db, track))[::15]:
+            for kind, levels in (("tsav", TSAV_LEVELS), ("mtmt", MTMT_LEVELS)):
+                b = db.get(store.frame_key(track, i, kind))
+                assert b[:8] == b"\x89PNG\r\n\x1a\n"
+                m = masks.decode_png(b)
+                assert m.shape == (112, 112) and m.dtype == np.uint8
+                assert set(np.unique(m)) <= levels
+                seen[kind] |= set(np.unique(m).tolist())
+            rgb = build.decode_jpeg(db.get(store.frame_key(track, i, "rgb")))
+            assert rgb.shape == (112, 112, 3)
+    assert seen["tsav"] == TSAV_LEVELS and seen["mtmt"] == MTMT_LEVELS
+
+
+def test_logmel_per_video(db, meta):
+    for v in meta["videos"]:
+        mel = db.get_array(store.video_key(v["name"]) + b"/logmel")
+        assert db.video_meta(v["name"])["audio"] == v["has_audio"]
+        if not v["has_audio"]:
+            assert mel is None and v["name"] == SILENT
+            continue
+        assert mel.dtype == np.float16 and mel.shape[0] == 64
+        # one column per 10 ms: covers the video, plus at most the tail of the last audio frame (<= 100 ms)
+        assert -1 <= mel.shape[1] - v["duration_s"] / 0.01 <= 10, (v["name"], mel.shape)
+        assert np.isfinite(mel).all()
+
+
+def test_labels_fitted_with_validity_and_splits(db, tracks, ann):
+    for name, t in tracks.items():
+        tm = db.track_meta(name)
+        n = tm["frames"]
+        expected_splits = {task: s for task, s in t["split"].items() if s is not None}
+        assert tm["splits"] == expected_splits
+        labelled = {task for task, s in expected_splits.items() if s != "test"}
+        assert set(tm["labels"]) == labelled
+        for task in labelled:
+            info = tm["labels"][task]
+            assert info["split"] == t["split"][task] and info["lines"] == t["n_label_lines"]
+            values = db.get_array(store.track_key(name) + f"/label/{task}/values".encode())
+            valid = db.get_array(store.track_key(name) + f"/label/{task}/valid".encode())
+            assert len(values) == len(valid) == n
+            task_dir = {"VA": "VA_Set", "EXPR": "EXPR_Set", "AU": "AU_Set"}[task]
+            src = read_label_file(ann / task_dir / info["split"] / f"{name}.txt", info["split"], task)
+            assert len(src) == t["n_label_lines"] == n + t["label_delta"]
+            np.testing.assert_array_equal(values, fit_length(src, n).values)
+            k = min(n, len(src))
+            np.testing.assert_array_equal(valid[:k], src.valid[:k])
+            assert not valid[k:].any()  # padded frames are invalid
+            assert info["valid"] == int(valid.all(axis=-1).sum() if valid.ndim > 1 else valid.sum())
+    assert {t["label_delta"] for t in tracks.values()} >= {-3, 1, 2}
+
+
+def test_report_json(ref, tmp_path, capsys, tracks):
+    out = tmp_path / "r" / "report.json"
+    assert cli("--report", ref, "--json", out) == 0
+    assert "13 tracks" in capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    assert set(rep["videos"]) == set(tracks)
+    for name, entry in rep["videos"].items():
+        assert {"frames", "faces", "audio", "labels", "status", "sha256"} <= set(entry)
+        assert entry["status"] == "ok" and len(entry["sha256"]) == 64
+        assert entry["frames"] == tracks[name]["video"]["n_frames"]
+        assert entry["audio"] == tracks[name]["video"]["has_audio"]
+    assert rep["videos"][f"{TWO}_left"]["sha256"] == rep["videos"][f"{TWO}_right"]["sha256"]
+    assert rep["videos"]["video2"]["labels"] == {"AU": 67, "EXPR": 76, "VA": 70}
+    assert rep["videos"]["11-30-480x270"]["labels"] == {}  # a test video: no labels
+    t = rep["totals"]
+    assert (t["videos"], t["videos_ok"], t["videos_failed"], t["tracks"]) == (12, 12, 0, 13)
+    assert t["frames"] == sum(v["n_frames"] for v in {id(x["video"]): x["video"] for x in tracks.values()}.values())
+    assert 0.8 < t["face_rate"] <= 1 and 1000 < t["bytes_per_frame"] < 50_000
+    assert t["disk_bytes"] >= t["bytes"] and t["disk_bytes_per_frame"] >= t["bytes_per_frame"]
+
+
+# --- runs on subsets ------------------------------------------------------------------------------
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of a process group that are still alive (zombies excluded)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_same_database(mini_quick, ann, ref, tmp_path):
+    """A parallel build SIGKILLed after its first commit: the database holds only complete videos, no
+    worker outlives the main process, and rerunning the command completes it with the same bytes."""
+    names = ["8-30-416x240", SILENT, "video5", "video9", "video12"]
+    videos = subset(mini_quick, names, tmp_path / "videos")
+    out = tmp_path / "db"
+    args = ["--videos", videos, "--annotations", ann, "--out", out, "--workers", 2,
+            "--test-lists", *sorted((mini_quick / "test_sets").glob("*.txt"))]
+    proc = subprocess.Popen([sys.executable, "create_database.py", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "data.mdb").exists():
+                with store.Store(out) as d:
+                    if d.video_names():
+                        break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the build ended before it could be killed"
+        proc.kill()  # SIGKILL to the main process only: its workers must notice and end by themselves
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while live_group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert live_group_members(proc.pid) == []
+    finally:
+        if live_group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with store.Store(out) as d:
+        done = d.video_names()
+        assert 1 <= len(done) < len(names) and all(d.verify(v) for v in done)
+    assert cli(*args) == 0
+    want = shas(ref)
+    assert shas(out) == {v: want[v] for v in names}
+    jobs = build.collect_jobs([str(videos)], str(ann), [str(p) for p in (mini_quick / "test_sets").glob("*.txt")])
+    assert build.build(jobs, out, build.BuildOptions(), workers=1) == []  # complete: everything skipped
+
+
+@pytest.mark.slow
+def test_shards_merge_and_workers_give_the_same_bytes(mini_quick, ann, ref, tmp_path, caplog):
+    """Two shards built with --workers 1, merged: every video's sha256 equals the --workers 2 build's
+    (which also shows the stored content does not depend on where the videos were read from)."""
+    caplog.set_level(logging.INFO)
+    names = [TWO, "video2", "6-30-480x272"]
+    videos = subset(mini_quick, names, tmp_path / "videos")
+    test_lists = sorted((mini_quick / "test_sets").glob("*.txt"))
+    shard_dbs = [tmp_path / f"shard{k}" for k in range(2)]
+    for k, out in enumerate(shard_dbs):
+        assert cli("--videos", videos, "--annotations", ann, "--test-lists", *test_lists, "--out", out,
+                   "--workers", 1, "--shard", f"{k}/2") == 0
+    got = [shas(s) for s in shard_dbs]
+    assert sorted(got[0]) == sorted(names)[0::2] and sorted(got[1]) == sorted(names)[1::2]
+    assert cli("--out", tmp_path / "merged", "--merge", *shard_dbs) == 0
+    want = shas(ref)
+    assert shas(tmp_path / "merged") == {v: want[v] for v in names}
+    logged = caplog.text
+    assert "92 label lines for 90 frames, truncating" in logged  # video2
+    assert "81 label lines for 84 frames, padding with invalid" in logged  # 6-30-480x272
+
+
+@pytest.mark.slow
+def test_bad_videos_fail_alone_and_are_retried(mini_quick, ann, ref, tmp_path, caplog, capsys):
+    videos = subset(mini_quick, ["video12", "1-30-480x270"], tmp_path / "videos")
+    good = (mini_quick / "videos" / "batch1" / "1-30-480x270.mp4").read_bytes()
+    (videos / "truncated.mp4").write_bytes(good[: len(good) // 2])
+    (videos / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 30_000, np.uint8).tobytes())
+    out = tmp_path / "db"
+    test_lists = sorted((mini_quick / "test_sets").glob("*.txt"))
+    args = ("--videos", videos, "--annotations", ann, "--out", out, "--workers", 1, "--test-lists", *test_lists)
+    assert cli(*args) == 1
+    text = capsys.readouterr().out
+    assert "FAILED" in text and "garbage.mp4" in text and "truncated.mp4" in text
+    assert "garbage.mp4" in caplog.text and "failed" in caplog.text
+    with store.Store(out) as d:
+        for bad in ("garbage", "truncated"):
+            status = d.video_meta(bad)["status"]
+            assert status.startswith("failed: VideoError") and bad in status
+        assert d.keys(b"f/garbage/") == [] and d.keys(b"t/garbage") == []
+        rep = store.report(d)
+    assert rep["videos"]["garbage"]["status"].startswith("failed") and rep["totals"]["videos_failed"] == 2
+    want = shas(ref)
+    assert {v: shas(out)[v] for v in ("video12", "1-30-480x270")} == {v: want[v] for v in ("video12", "1-30-480x270")}
+    # the user replaces one bad file: the rerun retries both failed videos and nothing else
+    (videos / "garbage.mp4").write_bytes((mini_quick / "videos" / "batch2" / "video12.avi").read_bytes())
+    jobs = build.collect_jobs([str(videos)], str(ann), [str(p) for p in test_lists])
+    metas = build.build(jobs, out, build.BuildOptions(), workers=1)
+    assert sorted((m["name"], m["status"][:6]) for m in metas) == [("garbage", "ok"), ("truncated", "failed")]
+    assert {v: shas(out)[v] for v in ("video12", "1-30-480x270")} == {v: want[v] for v in ("video12", "1-30-480x270")}
+
+
+def test_cropped_aligned_import(mini_quick, ann, tmp_path):
+    names = [FACELESS, TWO]
+    videos = subset(mini_quick, names, tmp_path / "videos")
+    crops = mini_quick / "cropped_aligned"
+    out = tmp_path / "db"
+    assert cli("--videos", videos, "--annotations", ann, "--out", out, "--workers", 1,
+               "--cropped-aligned", crops) == 0
+    with store.Store(out) as d:
+        for name in names:
+            assert d.video_meta(name)["importer"] == "cropped_aligned"
+        for track in (FACELESS, f"{TWO}_left", f"{TWO}_right"):
+            face = d.get_array(store.track_key(track) + b"/face")
+            official = {int(p.stem) - 1 for p in (crops / track).glob("*.jpg")}
+            assert set(np.flatnonzero(face).tolist()) == official  # absent image → no face
+            assert sorted(frame_parts(d, track)) == sorted(official)
+            assert np.isnan(d.get_array(store.track_key(track) + b"/affine")).all()
+            lm = d.get_array(store.track_key(track) + b"/landmarks").astype(np.float64)
+            err = [np.abs(align.five_points(lm[i]) - align.TEMPLATE_112).max() for i in sorted(official)]
+            assert np.median(err) < 8  # fitted on the crop: lands on the template (up to the photo's shape)
+            for i in sorted(official)[::20]:
+                mine = jpeg(d.get(store.frame_key(track, i, "rgb")))
+                theirs = cv2.imread(str(crops / track / f"{i + 1:05d}.jpg"))[:, :, ::-1].astype(np.float64)
+                assert np.abs(mine - theirs).mean() < 2.0
+                m = masks.decode_png(d.get(store.frame_key(track, i, "tsav")))
+                assert set(np.unique(m)) <= TSAV_LEVELS and (m > 0).sum() > 100
+
+
+def test_tsav_alignment_import_reproduces_the_crops(mini_quick, ann, db, tmp_path):
+    """Pickles in TSAV's format made from the reference DB's affines and landmarks → the same crops."""
+    names = ["1-30-480x270", FACELESS, TWO]
+    videos = subset(mini_quick, names, tmp_path / "videos")
+    pk = tmp_path / "tsav"
+    pk.mkdir()
+    tracks = ["1-30-480x270", FACELESS, f"{TWO}_left", f"{TWO}_right"]
+    for i, track in enumerate(tracks):
+        affine = db.get_array(store.track_key(track) + b"/affine")
+        lm = db.get_array(store.track_key(track) + b"/landmarks")
+        d = {"frame": [None if np.isnan(a).any() else a.astype(np.float64) for a in affine],
+             "mask": [None if np.isnan(x).any() else x.astype(np.float32) for x in lm]}
+        name = f"{track}_alignment_mask.pkl" if i % 2 else f"{track}.pkl"
+        (pk / name).write_bytes(pickle.dumps(d))
+    out = tmp_path / "db"
+    assert cli("--videos", videos, "--annotations", ann, "--out", out, "--workers", 1, "--tsav-alignment", pk) == 0
+    with store.Store(out) as d:
+        assert {d.video_meta(v)["importer"] for v in names} == {"tsav"}
+        for track in tracks:
+            key = store.track_key(track)
+            face = d.get_array(key + b"/face")
+            np.testing.assert_array_equal(face, db.get_array(key + b"/face"))
+            np.testing.assert_array_equal(d.get_array(key + b"/landmarks"), db.get_array(key + b"/landmarks"))
+            np.testing.assert_array_equal(d.get_array(key + b"/affine"), db.get_array(key + b"/affine"))
+            for i in np.flatnonzero(face)[::7]:
+                mine = jpeg(d.get(store.frame_key(track, i, "rgb")))
+                ref_crop = jpeg(db.get(store.frame_key(track, i, "rgb")))
+                assert np.abs(mine - ref_crop).mean() < 1.0
+                for kind in ("tsav", "mtmt"):
+                    a = masks.decode_png(d.get(store.frame_key(track, i, kind)))
+                    b = masks.decode_png(db.get(store.frame_key(track, i, kind)))
+                    assert (a == b).mean() > 0.97
+
+
+def test_limit_limit_frames_masks_and_rebuild_on_other_options(mini_quick, ann, tmp_path):
+    out = tmp_path / "db"
+    base = ("--videos", mini_quick / "videos", "--annotations", ann, "--out", out, "--workers", 1,
+            "--masks", "tsav", "--limit", 2)
+    assert cli(*base, "--limit-frames", 4) == 0
+    with store.Store(out) as d:
+        assert d.schema()["masks"] == ["tsav"]
+        assert d.video_names() == ["1-30-480x270", "10-30-560x316"]  # the first two by name
+        for v in d.video_names():
+            assert d.video_meta(v)["frames"] == 4 and len(d.get_array(store.video_key(v) + b"/times")) == 4
+            assert len(d.get_array(store.track_key(v) + b"/label/VA/values")) == 4
+            assert set().union(*frame_parts(d, v).values()) == {"rgb", "tsav"}
+    assert cli(*base, "--limit-frames", 6) == 0  # other options: rebuilt, not skipped
+    with store.Store(out) as d:
+        assert [d.video_meta(v)["frames"] for v in d.video_names()] == [6, 6]
+    assert cli(*base[:-4], "--masks", "tsav,mtmt", "--limit", 1) == 2  # schema mismatch: one-line error
+
+
+# --- driver details -------------------------------------------------------------------------------
+def _fake_process_video(job: build.VideoJob, opts: build.BuildOptions) -> store.VideoRecord:
+    """Stands in for the pipeline in the crash test (module level: workers get it by reference)."""
+    if job.name == "crash":
+        os._exit(3)  # the worker dies without a word, as on a segfault or the OOM killer
+    rec = build.new_record(job, opts)
+    rec.meta.update(status="ok", frames=1, faces=0, stats={"seconds": {}, "bytes": 0})
+    return rec
+
+
+def test_a_dying_worker_fails_only_its_video(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "START_METHOD", "fork")  # so the workers see the stand-in (no cv2/torch in it)
+    monkeypatch.setattr(build, "process_video", _fake_process_video)
+    jobs = [build.VideoJob(f"/nowhere/{n}.mp4", n, [n], source="tsav") for n in ("a", "b", "crash", "d", "e")]
+    metas = build.build(jobs, tmp_path / "db", build.BuildOptions(), workers=2)
+    status = {m["name"]: m["status"] for m in metas}
+    assert sorted(status) == ["a", "b", "crash", "d", "e"]
+    assert status.pop("crash").startswith("failed: worker process died")
+    assert set(status.values()) == {"ok"}
+
+
+def test_summary_face_rate_counts_every_track():
+    metas = [{"status": "ok", "tracks": ["v_left", "v_right"], "frames": 100, "faces": 150,
+              "stats": {"seconds": {"detect": 2.0}, "bytes": 3000}},
+             {"status": "ok", "tracks": ["w"], "frames": 100, "faces": 50, "stats": {"seconds": {}, "bytes": 1000}},
+             {"status": "failed: x", "tracks": ["z"], "stats": {"seconds": {}, "bytes": 0}}]
+    rows = dict((r[0], r[1]) for r in create_database.summary_rows(metas, 4.0))
+    assert rows["videos ok / failed"] == "2 / 1"
+    assert rows["face rate (faces / frames x tracks)"] == "66.7%"  # 200 faces / (100x2 + 100x1)
+    assert rows["frames/s (wall)"] == "50.0" and rows["bytes/frame"] == "20"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--shard", "3/2"], "3/2"),
+    (["--workers", "0"], "positive"),
+    (["--videos", "/no/such/folder"], "/no/such/folder"),
+    (["--report", "{tmp}"], "{tmp}"),
+    (["--report", "{tmp}/missing"], "{tmp}/missing"),
+    (["--report", "{tmp}/lmdb"], "{tmp}/lmdb"),
+    (["--merge", "{tmp}/lmdb", "--out", "{tmp}/m"], "{tmp}/lmdb"),
+    (["--merge", "{tmp}/missing", "--out", "{tmp}/m"], "{tmp}/missing"),
+    (["--masks", "tsav,foo", "--videos", "{tmp}"], "foo"),
+    (["--cropped-aligned", "/no/crops", "--videos", "{videos}", "--annotations", ""], "/no/crops"),
+    (["--json", "x.json"], "--report"),
+])
+def test_bad_flags_give_one_line_errors(args, needle, tmp_path, capsys, mini_quick):
+    fill = {"tmp": str(tmp_path), "videos": str(mini_quick / "videos")}
+    with store.Store(tmp_path / "lmdb", readonly=False) as other:  # an LMDB, but not one of ours
+        other._transaction([(b"some", b"thing")])
+    args = [a.format(**fill) for a in args]
+    try:
+        rc = create_database.main(args + ([] if "--out" in args else ["--out", str(tmp_path / "db")]))
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert needle.format(**fill) in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "db" / "data.mdb").exists()
