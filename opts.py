@@ -168,7 +168,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--ssl", default="none", choices=("none", "mean_teacher"), help="semi-supervised method")
     g.add_argument("--consistency", default="missing", choices=("missing", "all"),
                    help="consistency per task on the samples missing that label (MTMT) or on all samples")
-    g.add_argument("--consistency-weight", type=float, default=0.4, help="maximum consistency weight")
+    g.add_argument("--consistency-weight", type=float, default=0.4,
+                   help="maximum consistency weight (0: no consistency, the teacher is just an EMA of the weights)")
     g.add_argument("--rampup-epochs", type=float, default=15, help="sigmoid ramp-up length of the consistency weight")
     g.add_argument("--ema-decay", type=float, default=0.99, help="teacher EMA decay (after the 1-1/(step+1) warm-up)")
     g.add_argument("--rank-weight", type=float, default=12.0, help="weight of the self-cure rank term (mtmt model)")

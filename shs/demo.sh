@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded mini Aff-Wild2, end to end, on CPU. Everything goes to demo_out/.
 #   generate the mini dataset → build the LMDB (faces, masks, log-mel, labels) → report it →
-#   a trivial reference prediction for the validation videos → format check → official scores.
+#   a trivial reference prediction for the validation videos → format check → official scores →
+#   train TSAV on CPU (small clips, shs/demo_train.args) → predict every frame of the validation videos
+#   → format check → official scores of the trained model (demo_out/scores.json).
 source "$(dirname "$0")/env.sh"
 OUT=${OUT:-demo_out}
 DATA=$OUT/mini_affwild2
@@ -15,5 +17,12 @@ $PY create_database.py --report "$OUT/db" --json "$OUT/db_report.json"
 $PY -m utils.baseline --annotations "$ANN" --videos "$DATA/videos" --edition $EDITION --out "$OUT/baseline_pred"
 $PY evaluate.py --check "$OUT/baseline_pred" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
 $PY evaluate.py --pred "$OUT/baseline_pred" --annotations "$ANN" --edition $EDITION --json "$OUT/baseline_scores.json"
+rm -rf "$OUT/train"  # a fresh run each time (log.csv would otherwise grow)
+$PY train.py @shs/demo_train.args --db "$OUT/db" --output-dir "$OUT/train" --layout $EDITION
+$PY -m utils.predict --checkpoint "$OUT/train/best.pth" --db "$OUT/db" --split Validation_Set --edition $EDITION \
+  --out "$OUT/pred"
+$PY evaluate.py --check "$OUT/pred" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
+$PY evaluate.py --pred "$OUT/pred" --annotations "$ANN" --edition $EDITION --json "$OUT/scores.json"
 set +x
-echo "demo finished: database $OUT/db, report $OUT/db_report.json, scores $OUT/baseline_scores.json"
+echo "demo finished: database $OUT/db, report $OUT/db_report.json, baseline $OUT/baseline_scores.json," \
+  "trained model $OUT/train/best.pth, its scores $OUT/scores.json"

@@ -1,0 +1,476 @@
+"""Training and validation clips read from the LMDB (``data.store``): dataset, epoch sampler, augmentations.
+
+One sample is the frame ``i`` of a track with everything the models take and every task's label:
+
+- ``clip``: 4×T×S×S float, RGB + the chosen mask of source frames i − (T−1)·d, …, i − d, i (causal,
+  the labelled frame last; the dilation d counts source frames, not rows of an index). A frame before
+  the start of the track or without a face is black (RGB and mask 0) before normalisation, like TSAV.
+  Pixels are scaled to [0, 1] and normalised per channel with ``MEAN``/``STD`` (SPEC §3).
+- ``audio_features``: 1×64×W, the log-mel window centred on frame i's timestamp, sliced from the
+  per-video spectrogram stored in the database; where the window reaches past the audio it is silence
+  on that side (``audio_window``). A video without sound gets the silent window.
+- ``expr``/``expr_valid`` (class id, bool), ``au``/``au_valid`` (n_au 0/1 floats, per-AU bools),
+  ``va``/``va_valid`` (2 floats, bool), in the model layout's class and AU order. A label counts only in
+  the split the track is annotated for *for that task*, so a track that is in Train_Set for VA and in
+  Validation_Set for EXPR never leaks its EXPR labels into training.
+- ``teacher_clip`` (mean teacher only): the same clip with the teacher's brightness/contrast jitter.
+- ``track``/``frame``: where the sample comes from.
+
+Augmentation is driven by a per-sample seed that the sampler draws, so a sample is the same whatever
+the number of DataLoader workers and after a resume. The LMDB environment is opened lazily in each
+process (never pickled); per-video log-mel arrays are cached per process (LRU).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from torch.utils.data import Dataset, Sampler
+
+from data import audio, masks, store
+from models.tsav import OutputLayout, get_layout
+
+MEAN = (0.43216, 0.394666, 0.37645, 0.5)  # Kinetics RGB statistics + 0.5 for the mask
+STD = (0.22803, 0.22145, 0.216989, 0.225)
+CROP = 112  # stored crop size
+SPLITS = {"train": "Train_Set", "val": "Validation_Set", "Train_Set": "Train_Set",
+          "Validation_Set": "Validation_Set"}
+MASK_KINDS = ("tsav", "mtmt")
+
+# Horizontal flip swaps the face's left and right; TSAV's mask tells them apart by grey level.
+_TSAV_FLIP_LUT = np.arange(256, dtype=np.uint8)
+for _a, _b in ((masks.TSAV_LEFT_BROW, masks.TSAV_RIGHT_BROW), (masks.TSAV_LEFT_EYE, masks.TSAV_RIGHT_EYE)):
+    _TSAV_FLIP_LUT[_a], _TSAV_FLIP_LUT[_b] = _b, _a
+
+
+class DatasetError(ValueError):
+    """A database that cannot give what the run asks for (mask, split, labels); raised before training."""
+
+
+_OPEN: dict[str, store.Store] = {}
+
+
+def open_store(path: str | Path) -> store.Store:
+    """This process's read-only handle on a database, opened on first use and shared by its datasets.
+
+    LMDB allows one open environment per file per process and none inherited through fork(), so every
+    handle is closed just before this process forks (DataLoader workers) and reopened lazily afterwards:
+    parent and children each open their own.
+    """
+    key = str(Path(path).resolve())
+    if key not in _OPEN:
+        _OPEN[key] = store.Store(path)
+    return _OPEN[key]
+
+
+def close_stores() -> None:
+    """Close every handle ``open_store`` gave out (they reopen on the next use)."""
+    while _OPEN:
+        _OPEN.popitem()[1].close()
+
+
+os.register_at_fork(before=close_stores)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """Geometry of a sample. Defaults are the published TSAV/MTMT settings (SPEC §3)."""
+
+    clip_len: int = 8
+    dilation: int = 6  # in source frames
+    size: int = CROP  # the 112x112 crops are resized to size x size
+    mask: str = "tsav"
+    audio_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.clip_len < 1 or self.dilation < 1 or self.size < 8 or self.audio_seconds <= 0:
+            raise ValueError(f"bad clip settings {self}")
+        if self.mask not in MASK_KINDS:
+            raise ValueError(f"mask must be one of {MASK_KINDS}, got {self.mask!r}")
+
+    @property
+    def audio_columns(self) -> int:
+        """Odd number of 10 ms columns so the frame sits in the middle one: 10 s → 1001."""
+        return 1 + 2 * int(round(self.audio_seconds * audio.SR / audio.HOP / 2))
+
+    def frame_offsets(self) -> np.ndarray:
+        return (np.arange(self.clip_len) - (self.clip_len - 1)) * self.dilation
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-clip augmentation: one draw per clip, the same for all its frames; the mask is never jittered.
+
+    Student: horizontal flip with probability ``flip`` and colour jitter (factors in [1 − x, 1 + x] for
+    brightness/contrast/saturation, hue shift in [−hue, hue] of the colour circle). The teacher view
+    (``teacher=True``) shares the flip and gets its own brightness/contrast factors in
+    [1 − teacher_jitter, 1 + teacher_jitter] (MTMT: 0.8–1.2), applied brightness then contrast.
+    """
+
+    flip: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0
+    teacher: bool = False
+    teacher_jitter: float = 0.2
+
+
+@dataclass
+class Track:
+    """Per-track arrays kept in memory (small: flags and labels, no pixels)."""
+
+    name: str
+    video: str
+    face: np.ndarray  # (n,) bool
+    times: np.ndarray  # (n,) float64 seconds
+    has_audio: bool
+
+
+def audio_window(mel_db: np.ndarray | None, t_center: float, columns: int) -> np.ndarray:
+    """(1, 64, columns) float32 centred on t_center, silence where the window leaves the audio.
+
+    ``data.audio.window`` for any odd width (equal to it for 1001); None = a video without sound.
+    """
+    half = columns // 2
+    db = np.full((audio.N_MELS, columns), audio.SILENCE_DB, dtype=np.float32)
+    if mel_db is not None:
+        first = audio.centre_column(t_center) - half
+        lo, hi = max(first, 0), min(first + columns, mel_db.shape[1])
+        if lo < hi:
+            db[:, lo - first:hi - first] = mel_db[:, lo:hi]
+    return audio.finish_window(db)
+
+
+def decode_frame(txn, track: str, index: int, mask: str) -> np.ndarray | None:
+    """112×112×4 uint8 RGB + mask of one stored frame, or None when the frame has no stored crop."""
+    rgb_b = txn.get(store.frame_key(track, index, "rgb"))
+    mask_b = txn.get(store.frame_key(track, index, mask))
+    if rgb_b is None or mask_b is None:
+        return None
+    bgr = cv2.imdecode(np.frombuffer(rgb_b, np.uint8), cv2.IMREAD_COLOR)
+    out = np.empty(bgr.shape[:2] + (4,), np.uint8)
+    out[..., :3] = bgr[..., ::-1]
+    out[..., 3] = masks.decode_png(mask_b)
+    return out
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """T×H×W×4 uint8 → T×size×size×4 (area interpolation; at small sizes mask levels blend)."""
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return frames
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def flip_frames(frames: np.ndarray, mask: str) -> np.ndarray:
+    """Mirror T×H×W×4 frames left-right; a TSAV mask also swaps its left/right grey levels."""
+    out = frames[:, :, ::-1].copy()
+    if mask == "tsav":
+        out[..., 3] = _TSAV_FLIP_LUT[out[..., 3]]
+    return out
+
+
+def color_jitter(rgb: torch.Tensor, rng: np.random.Generator, brightness: float = 0.0, contrast: float = 0.0,
+                 saturation: float = 0.0, hue: float = 0.0) -> torch.Tensor:
+    """T×3×H×W in [0, 1] → jittered copy; factors drawn once per clip (contrast uses each frame's mean)."""
+    if brightness:
+        rgb = TF.adjust_brightness(rgb, float(rng.uniform(1 - brightness, 1 + brightness)))
+    if contrast:
+        rgb = TF.adjust_contrast(rgb, float(rng.uniform(1 - contrast, 1 + contrast)))
+    if saturation:
+        rgb = TF.adjust_saturation(rgb, float(rng.uniform(1 - saturation, 1 + saturation)))
+    if hue:
+        rgb = TF.adjust_hue(rgb, float(rng.uniform(-hue, hue)))
+    return rgb
+
+
+def normalise(clip: torch.Tensor) -> torch.Tensor:
+    """T×4×H×W in [0, 1] → 4×T×H×W normalised with MEAN/STD."""
+    mean = torch.tensor(MEAN).reshape(1, 4, 1, 1)
+    std = torch.tensor(STD).reshape(1, 4, 1, 1)
+    return ((clip - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def _layout_au_columns(names: list[str], layout: OutputLayout, where: str) -> list[int]:
+    missing = [a for a in layout.au_names if a not in names]
+    if missing:
+        raise DatasetError(f"{where}: the database's AU labels ({','.join(names)}) lack {','.join(missing)} "
+                           f"needed by layout {layout.name!r}; use a layout with the database's AU set")
+    return [names.index(a) for a in layout.au_names]
+
+
+class ClipDataset(Dataset):
+    """Every source frame of the chosen tracks as a clip sample (see the module docstring).
+
+    ``split``: 'train'/'Train_Set', 'val'/'Validation_Set' (tracks annotated in that split for at least one
+    task, labels of that split only), or None (every track of the database, labels of any split: for
+    predicting unlabelled tracks). ``tracks`` restricts the tracks further; ``labels=False`` reads no label
+    (all invalid: for prediction with a layout whose AU set the database lacks). Items are a flat frame
+    index, or (index, seed) from ``EpochSampler`` for augmented training samples.
+    """
+
+    def __init__(self, db_path: str | Path, split: str | None, layout: str | OutputLayout,
+                 clip: ClipConfig = ClipConfig(), augment: Augment | None = None,
+                 tracks: list[str] | None = None, labels: bool = True, audio_cache: int = 32) -> None:
+        self.db_path = str(db_path)
+        self.with_labels = labels
+        self.layout = get_layout(layout)
+        self.clip = clip
+        self.augment = augment or Augment()
+        self.split = None if split is None else SPLITS.get(split)
+        if split is not None and self.split is None:
+            raise ValueError(f"unknown split {split!r} (use train, val, Train_Set or Validation_Set)")
+        self._mel: OrderedDict[str, np.ndarray | None] = OrderedDict()
+        self._audio_cache = audio_cache
+        db = open_store(self.db_path)
+        self._check_schema(db)
+        self._load(db, tracks)
+
+    # --- index ------------------------------------------------------------------------------------------
+    def _check_schema(self, db: store.Store) -> None:
+        schema = db.schema()
+        if schema is None:
+            raise DatasetError(f"{self.db_path}: not a database built by create_database.py (no schema record)")
+        if self.clip.mask not in schema.get("masks", []):
+            raise DatasetError(f"{self.db_path}: built with masks {schema.get('masks')}, this run asks for "
+                               f"{self.clip.mask!r}; rebuild with --masks {self.clip.mask} or pass "
+                               f"--mask {'/'.join(schema.get('masks') or ['?'])}")
+
+    def _load(self, db: store.Store, wanted: list[str] | None) -> None:
+        self.tracks: list[Track] = []
+        labels: dict[str, list[np.ndarray]] = {k: [] for k in
+                                               ("expr", "expr_valid", "au", "au_valid", "va", "va_valid")}
+        times_of: dict[str, np.ndarray] = {}
+        for video in db.video_names():
+            meta = db.video_meta(video)
+            if meta.get("status") != "ok":
+                continue
+            for name in meta.get("tracks", []):
+                if wanted is not None and name not in wanted:
+                    continue
+                tmeta = db.track_meta(name) or {}
+                tasks = {t: v for t, v in tmeta.get("labels", {}).items()
+                         if self.split is None or v.get("split") == self.split}
+                if self.split is not None and not tasks:
+                    continue
+                if video not in times_of:
+                    times_of[video] = db.get_array(store.video_key(video) + b"/times")
+                face = db.get_array(store.track_key(name) + b"/face").astype(bool)
+                self.tracks.append(Track(name, video, face, times_of[video], bool(meta.get("audio"))))
+                for k, v in self._track_labels(db, name, len(face), tasks if self.with_labels else {}).items():
+                    labels[k].append(v)
+        if wanted is not None:
+            unknown = sorted(set(wanted) - {t.name for t in self.tracks})
+            if unknown:
+                raise DatasetError(f"{self.db_path}: tracks not found{' in ' + self.split if self.split else ''}: "
+                                   f"{', '.join(unknown[:10])}")
+        if not self.tracks:
+            where = f"annotated in {self.split}" if self.split else "complete"
+            raise DatasetError(f"{self.db_path}: no track {where}; nothing to train or evaluate on")
+        lengths = np.array([len(t.face) for t in self.tracks])
+        self.starts = np.concatenate([[0], np.cumsum(lengths)])
+        self.labels = {k: np.concatenate(v) for k, v in labels.items()}
+
+    def _track_labels(self, db: store.Store, name: str, n: int, tasks: dict) -> dict[str, np.ndarray]:
+        """Per-frame labels in the layout's order; tasks not in ``tasks`` are invalid everywhere."""
+        lay = self.layout
+        out = {"expr": np.full(n, -1, np.int64), "expr_valid": np.zeros(n, bool),
+               "au": np.zeros((n, lay.num_au), np.float32), "au_valid": np.zeros((n, lay.num_au), bool),
+               "va": np.zeros((n, 2), np.float32), "va_valid": np.zeros(n, bool)}
+
+        def get(task: str, part: str) -> np.ndarray:
+            return db.get_array(store.track_key(name) + f"/label/{task}/{part}".encode())
+
+        if "EXPR" in tasks:
+            values, valid = get("EXPR", "values").astype(np.int64), get("EXPR", "valid").astype(bool)
+            out["expr_valid"] = valid & (values >= 0) & (values < lay.num_expr_classes)
+            out["expr"] = np.where(out["expr_valid"], values, -1)
+        if "AU" in tasks:
+            cols = _layout_au_columns(tasks["AU"]["names"], lay, f"{self.db_path} track {name}")
+            values, valid = get("AU", "values")[:, cols], get("AU", "valid")[:, cols].astype(bool)
+            out["au_valid"] = valid & ((values == 0) | (values == 1))
+            out["au"] = np.where(out["au_valid"], values, 0).astype(np.float32)
+        if "VA" in tasks:
+            values, valid = get("VA", "values").astype(np.float32), get("VA", "valid").astype(bool)
+            valid = valid.all(axis=-1) if valid.ndim > 1 else valid
+            out["va_valid"] = valid & np.all(np.abs(values) <= 1, axis=1)
+            out["va"] = np.where(out["va_valid"][:, None], values, 0).astype(np.float32)
+        return out
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Flat frame index → (track number, source frame)."""
+        t = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return t, int(index - self.starts[t])
+
+    def track_range(self, name: str) -> range:
+        """Flat indices of every frame of a track, in frame order."""
+        t = [x.name for x in self.tracks].index(name)
+        return range(int(self.starts[t]), int(self.starts[t + 1]))
+
+    def labelled(self) -> np.ndarray:
+        """(N,) bool: frames with at least one valid label."""
+        lab = self.labels
+        return lab["expr_valid"] | lab["au_valid"].any(axis=1) | lab["va_valid"]
+
+    # --- per-process resources ----------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_mel": OrderedDict()}  # the cache stays in its process
+
+    @property
+    def db(self) -> store.Store:
+        return open_store(self.db_path)
+
+    def logmel(self, track: Track) -> np.ndarray | None:
+        if track.video in self._mel:
+            self._mel.move_to_end(track.video)
+            return self._mel[track.video]
+        mel = self.db.get_array(store.video_key(track.video) + b"/logmel") if track.has_audio else None
+        self._mel[track.video] = mel
+        if len(self._mel) > self._audio_cache:
+            self._mel.popitem(last=False)
+        return mel
+
+    # --- samples ------------------------------------------------------------------------------------------
+    def raw_frames(self, t: int, frame: int) -> np.ndarray:
+        """T×112×112×4 uint8 of the clip ending at ``frame`` (zeros for missing frames)."""
+        track = self.tracks[t]
+        out = np.zeros((self.clip.clip_len, CROP, CROP, 4), np.uint8)
+        with self.db.env.begin(buffers=True) as txn:
+            for k, i in enumerate(frame + self.clip.frame_offsets()):
+                if 0 <= i < len(track.face) and track.face[i]:
+                    f = decode_frame(txn, track.name, int(i), self.clip.mask)
+                    if f is not None:
+                        out[k] = f
+        return out
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = (key, None) if np.isscalar(key) else key
+        t, frame = self.locate(int(index))
+        track = self.tracks[t]
+        frames = self.raw_frames(t, frame)
+        aug = self.augment
+        rng = np.random.default_rng(seed) if seed is not None else None
+        if rng is not None and aug.flip and rng.random() < aug.flip:
+            frames = flip_frames(frames, self.clip.mask)
+        frames = resize_frames(frames, self.clip.size)
+        base = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)  # T×4×H×W
+        clip = base
+        if rng is not None and (aug.brightness or aug.contrast or aug.saturation or aug.hue):
+            clip = base.clone()
+            clip[:, :3] = color_jitter(base[:, :3], rng, aug.brightness, aug.contrast, aug.saturation, aug.hue)
+        sample = {"clip": normalise(clip)}
+        if aug.teacher:
+            teacher = base.clone()
+            if rng is not None and aug.teacher_jitter:
+                teacher[:, :3] = color_jitter(base[:, :3], rng, aug.teacher_jitter, aug.teacher_jitter)
+            sample["teacher_clip"] = normalise(teacher)
+        mel = self.logmel(track)
+        sample["audio_features"] = torch.from_numpy(
+            audio_window(mel, float(track.times[frame]), self.clip.audio_columns))
+        lab = self.labels
+        for k in lab:
+            sample[k] = torch.as_tensor(lab[k][index])
+        sample["track"] = torch.tensor(t)
+        sample["frame"] = torch.tensor(frame)
+        return sample
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def sampling_weights(dataset: ClipDataset, balance_tasks: bool = False, balance_expr: bool = False,
+                     labelled_only: bool = True) -> np.ndarray:
+    """Draw weight of every frame of ``dataset``.
+
+    Plain: uniform over the frames with any label (``labelled_only``) or over all frames.
+    ``balance_tasks``: every task gets the same total weight, spread over the frames labelled for it (a
+    frame labelled for several tasks adds up its shares; frames without labels are then never drawn).
+    ``balance_expr``: within the EXPR share, every class present gets the same weight.
+    """
+    lab = dataset.labels
+    n = len(dataset)
+    valid = {"expr": lab["expr_valid"], "au": lab["au_valid"].any(axis=1), "va": lab["va_valid"]}
+    expr_factor = np.ones(n)
+    if balance_expr and valid["expr"].any():
+        counts = np.bincount(lab["expr"][valid["expr"]], minlength=dataset.layout.num_expr_classes)
+        present = counts > 0
+        per_class = np.zeros(len(counts))
+        per_class[present] = valid["expr"].sum() / (present.sum() * counts[present])
+        expr_factor[valid["expr"]] = per_class[lab["expr"][valid["expr"]]]
+    if balance_tasks:
+        w = np.zeros(n)
+        for task, v in valid.items():
+            if v.any():
+                share = (expr_factor if task == "expr" else 1.0) / v.sum()
+                w += np.where(v, share, 0.0)
+        return w
+    w = np.where(valid["expr"], expr_factor, 1.0)
+    if labelled_only:
+        w = w * dataset.labelled()
+    return w
+
+
+class EpochSampler(Sampler):
+    """``num_samples`` (frame index, augmentation seed) pairs per epoch, a function of (seed, epoch) only.
+
+    Uniform weights draw without replacement (each frame at most once per epoch, like MTMT's 1 %);
+    balanced weights draw with replacement. Under DDP each rank takes every world_size-th draw, so the
+    ranks see disjoint parts of one global draw. ``set_epoch`` before each epoch; the state to resume is
+    ``state_dict()``.
+    """
+
+    def __init__(self, weights: np.ndarray, num_samples: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        weights = np.asarray(weights, np.float64)
+        if num_samples < 1 or not (weights > 0).any():
+            raise DatasetError("nothing to sample: no frame has a positive weight (no labels in this split?)")
+        self.p = weights / weights.sum()
+        self.uniform = bool(np.allclose(self.p[self.p > 0], self.p[self.p > 0][0]))
+        self.replace = not self.uniform or num_samples > int((self.p > 0).sum())
+        self.per_rank = -(-num_samples // world_size)
+        self.total = self.per_rank * world_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draws(self) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        index = rng.choice(len(self.p), size=self.total, replace=self.replace, p=self.p)
+        seeds = rng.integers(0, 2**31 - 1, size=self.total)
+        return index[self.rank::self.world_size], seeds[self.rank::self.world_size]
+
+    def __iter__(self):
+        index, seeds = self.draws()
+        return iter(zip(index.tolist(), seeds.tolist()))
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
+
+def validation_indices(dataset: ClipDataset, num: int | None = None, seed: int = 0) -> np.ndarray:
+    """Frames that validation scores: every labelled frame, or a fixed seeded subset of ``num`` of them."""
+    index = np.flatnonzero(dataset.labelled())
+    if num and num < len(index):
+        index = np.sort(np.random.default_rng(seed).choice(index, size=num, replace=False))
+    if len(index) == 0:
+        raise DatasetError(f"{dataset.db_path}: no labelled frame in {dataset.split}; nothing to validate on")
+    return index

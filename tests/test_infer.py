@@ -1,0 +1,223 @@
+"""Inference: the fast batched path equals per-clip evaluation; test_val_aff2.py on splits and on any video."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from toy_db import make_toy_db
+
+import test_val_aff2
+from data.clips import ClipConfig, ClipDataset
+from data.video import read_frame_times
+from models.tsav import build_model, get_layout
+from utils import infer
+from utils.metrics import get_edition
+from utils.submit import PredictError, serve_columns, to_edition
+
+TINY = ClipConfig(clip_len=3, dilation=2, size=16, mask="tsav", audio_seconds=0.3)
+
+
+def tiny_checkpoint(path: Path, model: str = "tsav", layout: str = "abaw2021", clip: ClipConfig = TINY) -> Path:
+    torch.manual_seed(0)
+    m = build_model(model, layout)
+    torch.save({"state_dict": m.state_dict(), "layout": layout, "clip": asdict(clip)}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_db(tmp_path_factory.mktemp("toy") / "db")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("tsav", "abaw2021").eval()
+
+
+def per_clip_logits(model, db: Path, track: str, clip: ClipConfig) -> torch.Tensor:
+    ds = ClipDataset(db, None, "abaw2021", clip, tracks=[track], labels=False)
+    batch = torch.utils.data.default_collate([ds[i] for i in ds.track_range(track)])
+    with torch.no_grad():
+        return model({"clip": batch["clip"], "audio_features": batch["audio_features"]})
+
+
+@pytest.mark.parametrize("track", ["a", "b_left"])  # a: faceless frames 5-6; b: no audio
+def test_fast_path_equals_per_clip_evaluation(toy, model, track):
+    fast = infer.predict_source(model, infer.db_track_source(str(toy), track), TINY, batch_size=7, chunk=11)
+    ref = per_clip_logits(model, toy, track, TINY)
+    assert fast["logits"].shape == tuple(ref.shape)
+    np.testing.assert_allclose(fast["logits"], ref.numpy(), rtol=0, atol=1e-5)
+    assert fast["va"].shape == (len(ref), 2) and np.all(np.abs(fast["va"]) <= 1)
+    np.testing.assert_allclose(fast["expr_prob"].sum(1), 1, atol=1e-5)
+
+
+def test_chunk_batch_and_workers_do_not_change_outputs(toy, model):
+    src = infer.db_track_source(str(toy), "a")
+    a = infer.predict_source(model, src, TINY, batch_size=64, chunk=1000)
+    b = infer.predict_source(model, src, TINY, batch_size=3, chunk=4, workers=2)
+    np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-5)
+
+
+def test_in_memory_source_equals_database_source(toy, model):
+    from data.clips import decode_frame, open_store
+
+    src = infer.db_track_source(str(toy), "a")
+    with open_store(str(toy)).env.begin() as txn:
+        frames = np.stack([decode_frame(txn, "a", i, "tsav") if src.face[i] else np.zeros((112, 112, 4), np.uint8)
+                           for i in range(len(src))])
+    mem = infer.TrackSource("a", src.times, src.face, src.mel_db, frames=frames)
+    np.testing.assert_allclose(infer.predict_source(model, mem, TINY)["logits"],
+                               infer.predict_source(model, src, TINY)["logits"], atol=1e-5)
+
+
+def test_flip_tta_and_smoothing(toy, model):
+    src = infer.db_track_source(str(toy), "a")
+    plain = infer.predict_source(model, src, TINY)
+    tta = infer.predict_source(model, src, TINY, flip_tta=True)
+    assert tta["logits"].shape == plain["logits"].shape and not np.allclose(tta["logits"], plain["logits"])
+    assert infer.smooth(plain, 1) is plain
+    sm = infer.smooth(plain, 5)
+    assert sm["va"].shape == plain["va"].shape
+    np.testing.assert_allclose(sm["va"][10], plain["va"][8:13].mean(0), atol=1e-6)
+
+
+def test_layouts_map_to_editions():
+    preds = {"va": np.array([[1.5, -0.2]]), "expr_prob": np.eye(8)[[7]] * 0.6 + np.eye(8)[[2]] * 0.4,
+             "au_prob": np.linspace(0, 1, 12)[None]}
+    lay = get_layout("abaw3")
+    out21 = to_edition(preds, lay, get_edition("abaw2021"), 0.5)
+    assert out21["EXPR"][0] == 2  # 'Other' is not a class of 2021: argmax over the 7 classes
+    assert out21["VA"].tolist() == [[1.0, -0.2]] and out21["AU"].shape == (1, 12)
+    assert to_edition(preds, lay, get_edition("abaw3"), 0.5)["EXPR"][0] == 7
+    tsav = get_layout("abaw2020")
+    n_classes, cols = serve_columns(tsav, get_edition("abaw2020"))
+    assert n_classes == 7 and cols == list(range(8))
+    with pytest.raises(PredictError, match="cannot serve abaw2021: it has no output for AU7"):
+        serve_columns(tsav, get_edition("abaw2021"))
+
+
+# --- test_val_aff2.py end to end ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mini_db(mini_quick, tmp_path_factory) -> Path:
+    """The quick mini dataset's database (all videos: val tracks, two-person video, faceless stretch)."""
+    import create_database
+
+    out = tmp_path_factory.mktemp("infer_db") / "db"
+    rc = create_database.main(["--videos", str(mini_quick / "videos"), "--annotations",
+                               str(mini_quick / "annotations" / "abaw2021"), "--test-lists",
+                               *map(str, sorted((mini_quick / "test_sets").glob("*.txt"))),
+                               "--out", str(out), "--workers", "2"])
+    assert rc == 0
+    return out
+
+
+def lines_of(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_val_split_writes_checks_and_scores(mini_quick, mini_db, tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pth")
+    out = tmp_path / "val"
+    ann = mini_quick / "annotations" / "abaw2021"
+    rc = test_val_aff2.main(["--checkpoint", str(ckpt), "--db", str(mini_db), "--split", "val", "--out", str(out),
+                             "--annotations", str(ann), "--workers", "0", "--edition", "abaw2021"])
+    assert rc == 0
+    meta = json.loads((mini_quick / "meta.json").read_text())
+    frames = {t["name"]: v["n_frames"] for v in meta["videos"] for t in v["tracks"]}
+    files = sorted((out / "submission").rglob("*.txt"))
+    assert files and {f.parent.name for f in files} == {"VA_Set", "EXPR_Set", "AU_Set"}
+    for f in files:
+        assert lines_of(f) == frames[f.stem] + 1, f  # header + one line per decoded frame
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(scores) == {"edition", "va", "expr", "au", "total"}
+    raw = np.load(out / "raw" / f"{files[0].stem}.npz")
+    assert raw["logits"].shape == (frames[files[0].stem], 22)
+    assert not list(tmp_path.glob(".val.*"))  # no staging folder left behind
+
+
+@pytest.mark.slow
+def test_test_split_covers_two_person_tracks_and_faceless_frames(mini_quick, mini_db, tmp_path):
+    meta = json.loads((mini_quick / "meta.json").read_text())
+    two = next(v for v in meta["videos"] if len(v["tracks"]) == 2)
+    faceless = next(v for v in meta["videos"] if any(t["faceless_frames"] for t in v["tracks"]))
+    names = {t["name"]: v["path"] for v in (two, faceless) for t in v["tracks"]}
+    lst = tmp_path / "VA_test_set.txt"
+    lst.write_text("\n".join(names) + "\n")
+    out = tmp_path / "test"
+    rc = test_val_aff2.main(["--checkpoint", str(tiny_checkpoint(tmp_path / "t.pth")), "--db", str(mini_db),
+                             "--split", "test", "--test-lists", str(lst), "--out", str(out), "--workers", "0"])
+    assert rc == 0
+    for track, path in names.items():
+        n = len(read_frame_times(mini_quick / path))
+        assert lines_of(out / "submission" / "VA_Set" / f"{track}.txt") == n + 1
+    assert not (out / "submission" / "EXPR_Set").exists()  # the list names the VA task only
+
+
+@pytest.mark.slow
+def test_any_video_writes_csv_plot_and_overlay(mini_quick, tmp_path):
+    meta = json.loads((mini_quick / "meta.json").read_text())
+    v = next(v for v in meta["videos"] if any(t["faceless_frames"] for t in v["tracks"]) and v["has_audio"])
+    src = mini_quick / v["path"]
+    out = tmp_path / "one"
+    rc = test_val_aff2.main(["--checkpoint", str(tiny_checkpoint(tmp_path / "t.pth")), "--video", str(src),
+                             "--out", str(out), "--overlay"])
+    assert rc == 0
+    name = src.stem
+    rows = (out / f"{name}.csv").read_text().splitlines()
+    n = len(read_frame_times(src))
+    assert len(rows) == n + 1
+    header = rows[0].split(",")
+    assert header[:8] == ["frame", "timestamp", "face_id", "success", "confidence", "valence", "arousal",
+                          "expression"]
+    assert "p_Neutral" in header and "p_AU12" in header and header[-1] == "AU26"
+    success = [int(r.split(",")[3]) for r in rows[1:]]
+    assert 0 in success and 1 in success  # the faceless stretch is there, and so are faces
+    assert (out / f"{name}_timeline.png").read_bytes()[:4] == b"\x89PNG"
+    with av.open(str(out / f"{name}_overlay.mp4")) as c:
+        assert c.streams.audio, "overlay keeps the audio"
+    assert len(read_frame_times(out / f"{name}_overlay.mp4")) == n
+
+
+def test_bad_inputs_give_one_line_errors(toy, tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "t.pth")
+    assert test_val_aff2.main(["--checkpoint", str(ckpt), "--video", str(tmp_path / "nope.mp4"),
+                               "--out", str(tmp_path / "o")]) == 2
+    assert "nope.mp4: no such video file" in capsys.readouterr().err
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    assert test_val_aff2.main(["--checkpoint", str(bad), "--db", str(toy), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.pth: not a readable PyTorch checkpoint" in capsys.readouterr().err
+    old = tiny_checkpoint(tmp_path / "tsav2020.pth", layout="abaw2020")
+    assert test_val_aff2.main(["--checkpoint", str(old), "--db", str(toy), "--edition", "abaw2021",
+                               "--out", str(tmp_path / "o")]) == 2
+    assert "cannot serve abaw2021" in capsys.readouterr().err
+    no_test = make_toy_db(tmp_path / "notest", with_val=False)
+    assert test_val_aff2.main(["--checkpoint", str(ckpt), "--db", str(no_test), "--split", "val",
+                               "--out", str(tmp_path / "o")]) == 2
+    assert "no track in the val split" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_run_leaves_the_previous_output_alone(toy, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    calls = []
+
+    def boom(*a, **k):
+        calls.append(1)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(infer, "predict_source", boom)
+    rc = test_val_aff2.main(["--checkpoint", str(tiny_checkpoint(tmp_path / "t.pth")), "--db", str(toy),
+                             "--split", "test", "--out", str(out)])
+    assert rc == 2 and calls
+    assert (out / "keep.txt").read_text() == "old" and not (out / "submission").exists()

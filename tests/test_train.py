@@ -1,0 +1,227 @@
+"""train.py / utils/engine.py: resume equality, 2-process DDP, bad inputs, checkpoints, predictions, learning."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from toy_db import make_toy_db
+
+import train
+from data.clips import ClipConfig, ClipDataset
+from models.losses import MultiTaskLoss
+from models.tsav import build_model, get_layout, load_published, read_checkpoint
+from opts import train_parser
+from utils import engine
+from utils.predict import load_model, predict_split, predict_track
+from utils.submission import read_per_video_folder, write_per_video
+
+ROOT = Path(__file__).resolve().parents[1]
+# A model of full width on tiny inputs: 2 frames of 16x16 and 0.3 s of audio; 2 steps of 2 clips per epoch.
+TINY = ["--size", "16", "--clip-len", "2", "--dilation", "2", "--audio-seconds", "0.3", "--batch-size", "2",
+        "--samples-per-epoch", "4", "--val-samples", "8", "--eval-batch-size", "8", "--workers", "0",
+        "--no-tensorboard", "--no-progress", "--device", "cpu", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return make_toy_db(tmp_path_factory.mktemp("toy") / "db")
+
+
+def args_for(db: Path, out: Path, *extra: str):
+    return train_parser().parse_args(["--db", str(db), "--output-dir", str(out), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def mt_run(db, tmp_path_factory):
+    """One epoch of the MTMT model with the mean teacher (the teacher is selected and saved)."""
+    out = tmp_path_factory.mktemp("mt_run")
+    result = engine.run(args_for(db, out, "--model", "mtmt", "--layout", "mtmt", "--ssl", "mean_teacher",
+                                 "--epochs", "1"))
+    return out, result
+
+
+def test_loss_sees_only_valid_labels_of_a_batch(db):
+    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=1, size=16))
+    batch = [ds[i] for i in range(8)]
+    targets = {k: torch.stack([b[k] for b in batch]) for k in ("expr", "au", "va")}
+    valid = {k: torch.stack([b[f"{k}_valid"] for b in batch]) for k in ("expr", "au", "va")}
+    assert not valid["expr"].all() and not valid["va"].all() and not valid["au"].all()
+    out = torch.randn(8, 22, requires_grad=True)
+    loss = MultiTaskLoss("abaw2021")
+    total, _ = loss(out, targets, valid)
+    scrambled = {"expr": torch.where(valid["expr"], targets["expr"], 3),
+                 "au": torch.where(valid["au"], targets["au"], 0.5),
+                 "va": torch.where(valid["va"][:, None], targets["va"], 0.9)}
+    torch.testing.assert_close(loss(out, scrambled, valid)[0], total)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(db, tmp_path):
+    extra = ["--model", "mtmt", "--layout", "mtmt", "--ssl", "mean_teacher", "--sched", "cosine",
+             "--flip", "0.5", "--jitter", "0.2"]
+    engine.run(args_for(db, tmp_path / "straight", *extra, "--epochs", "2"))
+    engine.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2", "--stop-after", "1"))
+    engine.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2",
+                        "--resume", str(tmp_path / "split" / "last.pth")))
+    a = read_checkpoint(tmp_path / "straight" / "last.pth")
+    b = read_checkpoint(tmp_path / "split" / "last.pth")
+    assert a["step"] == b["step"] == 4 and a["teacher"]["step"] == b["teacher"]["step"] == 4
+    for key in ("student", "model"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key} {name}"
+    for name, tensor in a["teacher"]["teacher"].items():
+        assert torch.equal(tensor, b["teacher"]["teacher"][name]), name
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert a["scheduler"] == b["scheduler"] and a["sampler"] == b["sampler"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    rows = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[0] == "0" and rows[2].split(",")[0] == "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    result = engine.run(train_parser().parse_args(argv))
+    torch.save({"student": result["model"].state_dict(), "teacher": result["teacher"].state_dict(),
+                "best": result["best_score"]}, Path(out) / f"rank{rank}.pt")
+
+
+def test_two_process_ddp_on_cpu_keeps_ranks_in_sync(db, tmp_path):
+    argv = ["--db", str(db), "--output-dir", str(tmp_path / "run"), *TINY, "--epochs", "1", "--ssl", "mean_teacher",
+            "--samples-per-epoch", "8"]
+    mp.spawn(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert r0["best"] == r1["best"]
+    for key in ("student", "teacher"):
+        for name, tensor in r0[key].items():
+            assert torch.equal(tensor, r1[key][name]), f"{key} {name}"
+    saved = read_checkpoint(tmp_path / "run" / "last.pth")
+    assert saved["step"] == 2  # 8 clips over 2 processes of batch 2
+    assert all(torch.equal(t, r0["teacher"][k]) for k, t in saved["model"].items())
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["select"] == "teacher"
+
+
+@pytest.mark.parametrize("case", ["mask", "empty_split", "corrupt_resume", "corrupt_init", "other_layout"])
+def test_bad_inputs_fail_before_training(case, db, mt_run, tmp_path, capsys):
+    argv = ["--db", str(db), "--output-dir", str(tmp_path / "out"), *TINY, "--epochs", "1"]
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    if case == "mask":
+        argv[1] = str(make_toy_db(tmp_path / "tsav_only", mask_kinds=("tsav",)))
+        argv += ["--mask", "mtmt"]
+        message = "masks"
+    elif case == "empty_split":
+        argv[1] = str(make_toy_db(tmp_path / "no_val", with_val=False))
+        message = "no track annotated in Validation_Set"
+    elif case == "corrupt_resume":
+        argv += ["--resume", str(corrupt)]
+        message = "not a readable PyTorch checkpoint"
+    elif case == "corrupt_init":
+        argv += ["--init-from", str(corrupt)]
+        message = "not a readable PyTorch checkpoint"
+    else:
+        argv += ["--resume", str(mt_run[0] / "last.pth"), "--ssl", "mean_teacher"]  # an mtmt-layout run
+        message = "layout 'mtmt'"
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: error:") and message in err
+    assert not (tmp_path / "out" / "last.pth").exists()
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    engine.save_atomic({"x": torch.ones(3)}, path)
+
+    def dies_half_way(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        engine.save_atomic({"x": torch.zeros(3)}, path)
+    assert torch.equal(read_checkpoint(path)["x"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_saved_model_is_the_evaluated_one_and_loads_with_load_published(mt_run):
+    out, result = mt_run
+    best, last = read_checkpoint(out / "best.pth"), read_checkpoint(out / "last.pth")
+    assert best["selected"] == "teacher" and best["layout"] == "mtmt" and "optimizer" not in best
+    assert best["scores"]["total"] == pytest.approx(result["best_score"])
+    teacher = last["teacher"]["teacher"]
+    model = load_published(out / "best.pth")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, teacher[name]), name
+    assert model.layout.name == "mtmt"
+
+
+def test_init_from_copies_streams_across_architectures(db, tmp_path, capsys):
+    torch.manual_seed(5)
+    tsav = build_model("tsav", "abaw2020")
+    torch.save({"state_dict": tsav.state_dict()}, tmp_path / "TSAV.pth.tar")  # the published file's form
+    args = args_for(db, tmp_path, "--model", "mtmt", "--layout", "mtmt", "--init-from", str(tmp_path / "TSAV.pth.tar"))
+    model = engine.make_model(engine.resolve(args, torch.device("cpu")), get_layout("mtmt"), print)
+    own, source = model.state_dict(), tsav.state_dict()
+    for key in ("audio_model.resnet.conv1.weight", "video_model.r2plus1d.stem.0.weight",
+                "video_model.r2plus1d.layer4.1.conv2.0.3.weight"):
+        assert torch.equal(own[key], source[key])
+    assert "streams" in capsys.readouterr().out
+    args = args_for(db, tmp_path, "--layout", "abaw2020", "--init-from", str(tmp_path / "TSAV.pth.tar"))
+    same = engine.make_model(engine.resolve(args, torch.device("cpu")), get_layout("abaw2020"), print)
+    assert all(torch.equal(t, source[k]) for k, t in same.state_dict().items())  # same model: every weight
+
+
+def test_predict_every_frame_of_a_track_and_write_submission(db, mt_run, tmp_path):
+    model, clip = load_model(mt_run[0] / "best.pth")
+    assert clip == ClipConfig(clip_len=2, dilation=2, size=16, audio_seconds=0.3)
+    preds = predict_track(model, db, "a", clip, "abaw2021", batch_size=7)  # frames 5 and 6 have no face
+    assert preds["VA"].shape == (30, 2) and preds["EXPR"].shape == (30,) and preds["AU"].shape == (30, 12)
+    assert np.abs(preds["VA"]).max() <= 1 and set(np.unique(preds["AU"])) <= {0, 1}
+    split = predict_split(model, db, "Validation_Set", clip, "abaw2021", batch_size=16)
+    assert sorted(split) == ["AU", "EXPR", "VA"] and sorted(split["EXPR"]) == ["b_left", "b_right", "c"]
+    assert sorted(split["VA"]) == ["b_left", "b_right"]
+    back = read_per_video_folder(write_per_video(tmp_path / "pred", split, "abaw2021"), "abaw2021")
+    assert len(back["EXPR"]["c"]) == 20 and len(back["AU"]["b_left"]) == 24
+
+
+@pytest.mark.slow
+def test_learns_the_mini_dataset(tmp_path):
+    """The demo's CPU training run (shs/demo_train.args) must score far above chance on the validation videos."""
+    db = ROOT / "demo_out" / "db"
+    if not (db / "data.mdb").is_file():
+        from data import synthetic
+
+        data = tmp_path / "mini"
+        synthetic.generate(data, seed=0)
+        db = tmp_path / "db"
+        subprocess.run([sys.executable, "create_database.py", "--videos", str(data / "videos"), "--annotations",
+                        str(data / "annotations" / "abaw2021"), "--test-lists",
+                        *map(str, sorted((data / "test_sets").glob("*.txt"))), "--out", str(db), "--workers", "2"],
+                       cwd=ROOT, check=True)
+    out = tmp_path / "run"
+    assert train.main([f"@{ROOT / 'shs' / 'demo_train.args'}", "--db", str(db), "--output-dir", str(out),
+                       "--no-progress"]) == 0
+    model, clip = load_model(out / "best.pth")
+    ds = ClipDataset(db, "val", model.layout, clip)
+    from utils.metrics import get_edition
+    from utils.predict import predict_indices
+
+    index = np.flatnonzero(ds.labelled())
+    preds = predict_indices(model, ds, index, get_edition("abaw2021"), batch_size=32)
+    scores = engine.score_predictions(preds, ds, index, get_edition("abaw2021"))
+    assert scores["expr"]["f1"] >= 0.6, scores
+    assert scores["va"]["score"] >= 0.5, scores

@@ -1,0 +1,107 @@
+"""Distributed helpers: one process per device, started by ``torchrun`` (or a single plain process).
+
+``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them everything
+runs in one process and the helpers below are no-ops. The backend is nccl on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' → the local GPU when there is one, else CPU; 'cuda' → this process's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda but no CUDA device is available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def init(device: str = "auto", timeout_minutes: float = 60) -> DistInfo:
+    """Join the process group when launched by torchrun; returns this process's rank and device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        # Long timeout: rank 0 may write a checkpoint while the others wait.
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=timedelta(minutes=timeout_minutes))
+    return DistInfo(rank, world_size, local_rank, dev)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: object) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; [obj] without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average a dict of floats over ranks (for logging)."""
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """``obj`` of rank ``src`` on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy ``src``'s buffers (BatchNorm running statistics) to every rank, in place.
+
+    DDP keeps parameters equal but each rank's running statistics come from its own batches; before a
+    model is evaluated on shards of the validation set and saved, every rank must hold the same one.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for b in module.buffers():
+        dist.broadcast(b.data, src=src)

@@ -1,0 +1,181 @@
+"""Fast per-frame inference: every source frame of a track, batched sliding windows, each crop decoded once.
+
+The per-clip path (``utils.predict``, TSAV's way) decodes the T frames of every clip and builds every
+audio window on its own, so each crop is decoded T times. Here a track is cut into chunks of
+consecutive target frames; a chunk's crops (plus the (T−1)·d frames of history its first clips need)
+are decoded once, by DataLoader workers, and every clip of the chunk is a gather from that array. Audio
+windows are gathered from the per-video log-mel, padded with silence at both ends, then floored and
+normalised per window, on the model's device. The outputs equal the per-clip path's (checked in
+``tests/test_infer.py``).
+
+Frames without a face get a prediction too: their clip holds black frames where the face is missing,
+the earlier frames of the clip where it was visible, and the audio — the model predicts from context
+and sound, exactly as the clip dataset trains it.
+
+Per-frame outputs (the contract with the writers): ``{"va": (n, 2) tanh, "expr_prob": (n, C) softmax
+over the layout's classes, "au_prob": (n, K) sigmoid in the layout's AU order, "logits": (n, L) raw}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from data import audio, store
+from data.clips import CROP, MEAN, STD, ClipConfig, decode_frame, flip_frames, open_store, resize_frames
+from models.tsav import OutputLayout, model_layout, split_outputs
+from utils.predict import autocast
+
+
+@dataclass
+class TrackSource:
+    """Where a track's pixels, times and sound come from: the database, or arrays held in memory."""
+
+    name: str
+    times: np.ndarray  # (n,) seconds
+    face: np.ndarray  # (n,) bool
+    mel_db: np.ndarray | None  # (64, T) float16 dB, None without audio
+    db_path: str | None = None  # read crops from this LMDB ...
+    frames: np.ndarray | None = None  # ... or from (n, 112, 112, 4) uint8 RGB + mask in memory
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def db_track_source(db_path: str, track: str) -> TrackSource:
+    db = open_store(db_path)
+    meta = db.track_meta(track)
+    if meta is None:
+        raise KeyError(f"{db_path}: no track {track}")
+    video = meta["video"]
+    times = db.get_array(store.video_key(video) + b"/times")
+    face = db.get_array(store.track_key(track) + b"/face").astype(bool)
+    mel = db.get_array(store.video_key(video) + b"/logmel")
+    return TrackSource(track, times, face, mel, db_path=db_path)
+
+
+class ChunkFrames(Dataset):
+    """Item k = uint8 (H + C, S, S, 4): frames [c0 − H, c1) of chunk k; zeros before the start / without face."""
+
+    def __init__(self, source: TrackSource, clip: ClipConfig, chunk: int):
+        self.source, self.clip, self.chunk = source, clip, chunk
+        self.history = (clip.clip_len - 1) * clip.dilation
+        self.starts = list(range(0, len(source), chunk))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        c0 = self.starts[k]
+        c1 = min(c0 + self.chunk, len(self.source))
+        out = np.zeros((self.history + c1 - c0, CROP, CROP, 4), np.uint8)
+        lo = max(0, c0 - self.history)
+        src = self.source
+        if src.frames is not None:
+            out[lo - (c0 - self.history):] = src.frames[lo:c1] * src.face[lo:c1, None, None, None]
+        else:
+            with open_store(src.db_path).env.begin(buffers=True) as txn:
+                for i in range(lo, c1):
+                    if src.face[i]:
+                        f = decode_frame(txn, src.name, i, self.clip.mask)
+                        if f is not None:
+                            out[i - (c0 - self.history)] = f
+        return torch.from_numpy(resize_frames(out, self.clip.size))
+
+
+def clip_batch(frames: torch.Tensor, targets: torch.Tensor, clip: ClipConfig, history: int) -> torch.Tensor:
+    """Gather clips: frames (H + C, S, S, 4) uint8, targets = chunk-local frame numbers → (B, 4, T, S, S)."""
+    offsets = torch.as_tensor(clip.frame_offsets(), device=frames.device)
+    x = frames[(targets[:, None] + history + offsets[None]).reshape(-1)]
+    x = x.reshape(len(targets), clip.clip_len, *frames.shape[1:]).float().div_(255)  # B×T×S×S×4
+    mean = torch.tensor(MEAN, device=x.device)
+    std = torch.tensor(STD, device=x.device)
+    return ((x - mean) / std).permute(0, 4, 1, 2, 3).contiguous()
+
+
+def audio_batch(mel_pad: torch.Tensor, centres: torch.Tensor, columns: int) -> torch.Tensor:
+    """(B, 1, 64, columns) windows from a silence-padded log-mel (64, T + 2·half), floored and normalised."""
+    idx = centres[:, None] + torch.arange(columns, device=mel_pad.device)[None]
+    db = mel_pad[:, idx].permute(1, 0, 2)  # B×64×W
+    floor = db.amax(dim=(1, 2), keepdim=True) - audio.TOP_DB
+    db = torch.maximum(db, floor)
+    return ((db - audio.NORM_MEAN) / audio.NORM_STD).unsqueeze(1)
+
+
+def padded_mel(mel_db: np.ndarray | None, columns: int, last_centre: int, device: torch.device) -> torch.Tensor:
+    """The log-mel in float32 with ``columns // 2`` silent columns before it and silence after it up to
+    ``last_centre + columns // 2`` (all silence without audio), so every window is a plain slice."""
+    half = columns // 2
+    n = 0 if mel_db is None else mel_db.shape[1]
+    out = torch.full((audio.N_MELS, max(n, last_centre + 1) + 2 * half), audio.SILENCE_DB, dtype=torch.float32)
+    if mel_db is not None:
+        out[:, half:half + n] = torch.from_numpy(mel_db.astype(np.float32))
+    return out.to(device)
+
+
+def decode_raw(out: torch.Tensor | tuple, layout: OutputLayout) -> dict[str, torch.Tensor]:
+    parts = {k: v.float() for k, v in split_outputs(out, layout).items()}
+    return {"va": torch.tanh(parts["va"]), "expr_prob": parts["expr"].softmax(dim=1),
+            "au_prob": torch.sigmoid(parts["au"])}
+
+
+@torch.no_grad()
+def predict_source(model: nn.Module, source: TrackSource, clip: ClipConfig, batch_size: int = 64,
+                   chunk: int = 512, workers: int = 0, device: torch.device | str = "cpu", amp: str = "none",
+                   channels_last: bool = False, flip_tta: bool = False) -> dict[str, np.ndarray]:
+    """Per-frame outputs for every source frame of a track, in frame order (see the module docstring)."""
+    device = torch.device(device)
+    layout = model_layout(model)
+    model.eval()
+    chunks = ChunkFrames(source, clip, chunk)
+    loader = DataLoader(chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=2 if workers else None)
+    columns = clip.audio_columns
+    centres = torch.as_tensor([audio.centre_column(float(t)) for t in source.times], device=device)
+    mel = padded_mel(source.mel_db, columns, int(centres.max()), device)
+    collected: dict[str, list[torch.Tensor]] = {"va": [], "expr_prob": [], "au_prob": [], "logits": []}
+    for k, frames in enumerate(loader):
+        frames = frames.to(device, non_blocking=True)
+        flipped = torch.from_numpy(flip_frames(frames.cpu().numpy(), clip.mask)).to(device) if flip_tta else None
+        c0 = chunks.starts[k]
+        for b0 in range(0, len(frames) - chunks.history, batch_size):
+            targets = torch.arange(b0, min(b0 + batch_size, len(frames) - chunks.history), device=device)
+            batch = {"clip": clip_batch(frames, targets, clip, chunks.history),
+                     "audio_features": audio_batch(mel, centres[c0 + targets], columns)}
+            out = run_model(model, batch, layout, device, amp, channels_last)
+            if flipped is not None:
+                batch["clip"] = clip_batch(flipped, targets, clip, chunks.history)
+                out_f = run_model(model, batch, layout, device, amp, channels_last)
+                out = {k: (out[k] + out_f[k]) / 2 for k in out}
+            for key, v in out.items():
+                collected[key].append(v.cpu())
+    return {k: torch.cat(v).numpy() for k, v in collected.items()}
+
+
+def run_model(model: nn.Module, batch: dict[str, torch.Tensor], layout: OutputLayout, device: torch.device,
+              amp: str, channels_last: bool) -> dict[str, torch.Tensor]:
+    if channels_last:
+        batch = {"clip": batch["clip"].contiguous(memory_format=torch.channels_last_3d),
+                 "audio_features": batch["audio_features"].contiguous(memory_format=torch.channels_last)}
+    with autocast(device, amp):
+        out = model(batch)
+    raw = out[0] if isinstance(out, tuple) else out
+    return {**decode_raw(out, layout), "logits": raw.float()}
+
+
+def smooth(preds: dict[str, np.ndarray], window: int) -> dict[str, np.ndarray]:
+    """Centred moving average of VA and the probabilities over ``window`` frames (odd; 1 = off)."""
+    if window <= 1:
+        return preds
+    kernel = np.ones(window) / window
+    out = dict(preds)
+    for key in ("va", "expr_prob", "au_prob"):
+        x = preds[key]
+        pad = np.pad(x, ((window // 2, window - 1 - window // 2), (0, 0)), mode="edge")
+        out[key] = np.stack([np.convolve(pad[:, j], kernel, mode="valid") for j in range(x.shape[1])], axis=1)
+    return out
+
