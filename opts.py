@@ -196,6 +196,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-samples", type=int, default=0,
                    help="validate on a fixed seeded subset of this many labelled frames (0: all of them)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=64, help="clips per validation step")
+    g.add_argument("--precise-bn", type=int, default=0,
+                   help="before validating, recompute BatchNorm statistics of the validated model over this many "
+                   "un-augmented training batches (0: keep the running averages)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda (torchrun: one GPU per process)")
     g.add_argument("--amp", default="auto", choices=("auto", "none", "bf16", "fp16"),
@@ -207,7 +210,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="write TensorBoard logs to OUTPUT_DIR/tb")
     g.add_argument("--log-every", type=_positive_int, default=50, help="TensorBoard: steps between train scalars")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show progress bars (default: when stderr is a terminal)")
     return p
 
 

@@ -19,8 +19,8 @@ from models.losses import MultiTaskLoss
 from models.tsav import build_model, get_layout, load_published, read_checkpoint
 from opts import train_parser
 from utils import engine
-from utils.predict import load_model, predict_split, predict_track
-from utils.submission import read_per_video_folder, write_per_video
+from utils.predict import fill_faceless, load_model, predict_split, predict_track
+from utils.submission import read_per_video_folder, score_submission, write_per_video
 
 ROOT = Path(__file__).resolve().parents[1]
 # A model of full width on tiny inputs: 2 frames of 16x16 and 0.3 s of audio; 2 steps of 2 clips per epoch.
@@ -64,7 +64,7 @@ def test_loss_sees_only_valid_labels_of_a_batch(db):
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(db, tmp_path):
     extra = ["--model", "mtmt", "--layout", "mtmt", "--ssl", "mean_teacher", "--sched", "cosine",
-             "--flip", "0.5", "--jitter", "0.2"]
+             "--flip", "0.5", "--jitter", "0.2", "--precise-bn", "1"]
     engine.run(args_for(db, tmp_path / "straight", *extra, "--epochs", "2"))
     engine.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2", "--stop-after", "1"))
     engine.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2",
@@ -102,7 +102,7 @@ def _ddp_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> 
 
 def test_two_process_ddp_on_cpu_keeps_ranks_in_sync(db, tmp_path):
     argv = ["--db", str(db), "--output-dir", str(tmp_path / "run"), *TINY, "--epochs", "1", "--ssl", "mean_teacher",
-            "--samples-per-epoch", "8"]
+            "--samples-per-epoch", "8", "--precise-bn", "1"]
     mp.spawn(_ddp_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert r0["best"] == r1["best"]
@@ -198,30 +198,56 @@ def test_predict_every_frame_of_a_track_and_write_submission(db, mt_run, tmp_pat
     assert len(back["EXPR"]["c"]) == 20 and len(back["AU"]["b_left"]) == 24
 
 
+def test_faceless_frames_are_filled_from_their_neighbours():
+    face = np.array([False, True, True, False, False, False, True, False])
+    va = np.arange(16, dtype=float).reshape(8, 2)
+    expr = np.arange(8) * 10
+    out = fill_faceless({"VA": va, "EXPR": expr, "AU": np.eye(8, 3, dtype=int)}, face)
+    np.testing.assert_allclose(out["VA"][:, 0], [2, 2, 4, 6, 8, 10, 12, 12])  # linear inside, held at the ends
+    np.testing.assert_array_equal(out["EXPR"], [10, 10, 20, 20, 20, 60, 60, 60])  # nearest face, earlier on ties
+    assert fill_faceless({"VA": va}, np.zeros(8, bool))["VA"] is va  # no face at all: the model's output
+
+
+def test_precise_bn_recomputes_statistics_from_plain_clips(db):
+    args = args_for(db, Path("unused"), "--batch-size", "6")
+    ds = ClipDataset(db, "train", "abaw2021", engine.clip_config(args))
+    model = build_model("tsav", "abaw2021", dropout=0.5)
+    bn = model.video_model.r2plus1d.stem[1]
+    seen = []
+    bn.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
+    model.train()
+    with torch.no_grad():
+        model(torch.utils.data.default_collate([ds[0], ds[1]]))  # running stats of some other input
+    seen.clear()
+    engine.precise_bn(model, ds, list(range(3, 15)), args, torch.device("cpu"))
+    assert len(seen) == 2 and model.training and bn.momentum == 0.1
+    expected = torch.stack([x.mean(dim=(0, 2, 3, 4)) for x in seen]).mean(0)
+    torch.testing.assert_close(bn.running_mean, expected)
+    before = bn.running_var.clone()
+    engine.precise_bn(model, ds, list(range(3, 15)), args, torch.device("cpu"))
+    torch.testing.assert_close(bn.running_var, before, rtol=0, atol=0)  # a plain average: same clips, same stats
+
+
 @pytest.mark.slow
 def test_learns_the_mini_dataset(tmp_path):
-    """The demo's CPU training run (shs/demo_train.args) must score far above chance on the validation videos."""
+    """The demo's CPU run (shs/demo_train.args) must score far above chance on the validation videos."""
     db = ROOT / "demo_out" / "db"
-    if not (db / "data.mdb").is_file():
+    annotations = ROOT / "demo_out" / "mini_affwild2" / "annotations" / "abaw2021"
+    if not (db / "data.mdb").is_file() or not annotations.is_dir():
         from data import synthetic
 
         data = tmp_path / "mini"
         synthetic.generate(data, seed=0)
-        db = tmp_path / "db"
+        db, annotations = tmp_path / "db", data / "annotations" / "abaw2021"
         subprocess.run([sys.executable, "create_database.py", "--videos", str(data / "videos"), "--annotations",
-                        str(data / "annotations" / "abaw2021"), "--test-lists",
-                        *map(str, sorted((data / "test_sets").glob("*.txt"))), "--out", str(db), "--workers", "2"],
-                       cwd=ROOT, check=True)
+                        str(annotations), "--test-lists", *map(str, sorted((data / "test_sets").glob("*.txt"))),
+                        "--out", str(db), "--workers", "2"], cwd=ROOT, check=True)
     out = tmp_path / "run"
     assert train.main([f"@{ROOT / 'shs' / 'demo_train.args'}", "--db", str(db), "--output-dir", str(out),
                        "--no-progress"]) == 0
     model, clip = load_model(out / "best.pth")
-    ds = ClipDataset(db, "val", model.layout, clip)
-    from utils.metrics import get_edition
-    from utils.predict import predict_indices
-
-    index = np.flatnonzero(ds.labelled())
-    preds = predict_indices(model, ds, index, get_edition("abaw2021"), batch_size=32)
-    scores = engine.score_predictions(preds, ds, index, get_edition("abaw2021"))
+    preds = predict_split(model, db, "Validation_Set", clip, "abaw2021", batch_size=32)
+    scores = score_submission(write_per_video(tmp_path / "pred", preds, "abaw2021"), annotations, "abaw2021",
+                              "Validation_Set")
     assert scores["expr"]["f1"] >= 0.6, scores
     assert scores["va"]["score"] >= 0.5, scores

@@ -105,3 +105,13 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
         return
     for b in module.buffers():
         dist.broadcast(b.data, src=src)
+
+
+def average_buffers(module: torch.nn.Module) -> None:
+    """Average the floating-point buffers (BatchNorm statistics) over the ranks, in place."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b.data)
+            b.data /= dist.get_world_size()

@@ -29,7 +29,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.clips import ClipConfig, ClipDataset, open_store
-from models.tsav import OutputLayout, get_layout, load_published, model_layout, read_checkpoint, split_outputs
+from models.tsav import (
+    OutputLayout,
+    TwoStreamAuralVisualSelfCure,
+    get_layout,
+    load_published,
+    model_layout,
+    read_checkpoint,
+    split_outputs,
+)
 from utils.dist import pick_device
 from utils.metrics import Edition, get_edition
 from utils.submission import write_per_video
@@ -171,7 +179,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, ClipConfig]:
     model = load_published(path)
     obj = read_checkpoint(path)
     stored = obj.get("clip") if isinstance(obj, dict) else None
-    return model, ClipConfig(**stored) if isinstance(stored, dict) else ClipConfig()
+    if isinstance(stored, dict):
+        return model, ClipConfig(**stored)
+    # published checkpoints: the published geometry, with the mask each system was trained on
+    return model, ClipConfig(mask="mtmt" if isinstance(model, TwoStreamAuralVisualSelfCure) else "tsav")
 
 
 def main(argv: list[str] | None = None) -> None:
