@@ -340,7 +340,7 @@ def precise_bn(model: nn.Module, dataset: ClipDataset, index: list[int], args: a
         b.momentum = None  # cumulative average
         b.train()
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=index, num_workers=args.workers,
-                        generator=torch.Generator().manual_seed(args.seed))
+                        drop_last=len(index) > args.batch_size, generator=torch.Generator().manual_seed(args.seed))
     for batch in loader:
         batch = to_device({k: batch[k] for k in ("clip", "audio_features")}, device, args.channels_last)
         with autocast(device, args.amp):
@@ -582,8 +582,8 @@ def train(r: Run) -> dict:
                 dist.broadcast_buffers(r.teacher.teacher)
             chosen = selected_model(r.model, r.teacher, args.select)
             if args.precise_bn:
-                bn_sampler = EpochSampler(r.sampler.p, args.precise_bn * args.batch_size, args.seed + 1, info.rank,
-                                          info.world_size)
+                bn_sampler = EpochSampler(r.sampler.p, args.precise_bn * args.batch_size * info.world_size,
+                                          args.seed + 1, info.rank, info.world_size)
                 bn_sampler.set_epoch(epoch)
                 draws, _ = bn_sampler.draws()  # plain ints: clips without augmentation
                 precise_bn(chosen, r.train_set, draws.tolist(), args, info.device)
