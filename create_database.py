@@ -20,7 +20,7 @@ from pathlib import Path
 import lmdb
 
 import opts
-from data import build, store
+from data import build, masks, store
 from data.annotations import AnnotationError
 
 
@@ -75,11 +75,14 @@ def print_summary(metas: list[dict], seconds: float) -> None:
 
 
 def mask_kinds(spec: str) -> tuple[str, ...]:
+    """--masks → the mask types to store ('none': none; readers draw every mask from the landmarks)."""
+    if spec.strip() == "none":
+        return ()
     kinds = tuple(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
-    unknown = sorted(set(kinds) - set(build.MASK_RENDERERS))
+    unknown = sorted(set(kinds) - set(masks.RENDERERS))
     if unknown or not kinds:
         raise UsageError(f"--masks {spec!r}: unknown or no mask type {unknown}; choose from "
-                         f"{', '.join(build.MASK_RENDERERS)}")
+                         f"{', '.join(masks.RENDERERS)} or none")
     return kinds
 
 
@@ -102,7 +105,7 @@ def run(args) -> int:
                               args.tsav_alignment)
     jobs = build.select_shard(jobs, build.parse_shard(args.shard))[: args.limit]
     options = build.BuildOptions(masks=kinds, detector=args.detector, detect_every=args.detect_every,
-                                 limit_frames=args.limit_frames)
+                                 limit_frames=args.limit_frames, jpeg_quality=args.jpeg_quality)
     t0 = time.perf_counter()
     metas = build.build(jobs, args.out, options, workers=args.workers)
     if not metas:

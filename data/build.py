@@ -48,7 +48,6 @@ from data.video import TRACK_SUFFIXES, find_videos, video_of_track
 log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 95
-MASK_RENDERERS = {"tsav": masks.tsav_mask, "mtmt": masks.mtmt_mask}
 TEST_SPLIT = "test"
 TSAV_PICKLE_SUFFIXES = (".pkl", "_alignment_mask.pkl")
 
@@ -69,14 +68,18 @@ class VideoJob:
 
 @dataclass
 class BuildOptions:
-    masks: tuple[str, ...] = ("tsav", "mtmt")
+    masks: tuple[str, ...] = ("tsav", "mtmt")  # stored as PNG; readers draw the others from the landmarks
     detector: str = "hog"
     detect_every: int = 5
     limit_frames: int | None = None  # debugging: stop after this many frames
+    jpeg_quality: int = JPEG_QUALITY
 
     def content(self) -> dict:
         """The options (besides masks, which the schema fixes) that change what is stored."""
-        return {"detector": self.detector, "detect_every": self.detect_every, "limit_frames": self.limit_frames}
+        out = {"detector": self.detector, "detect_every": self.detect_every, "limit_frames": self.limit_frames}
+        if self.jpeg_quality != JPEG_QUALITY:  # absent at the default: databases built before the flag stay valid
+            out["jpeg_quality"] = self.jpeg_quality
+        return out
 
 
 # --- discovering the work -------------------------------------------------------------------------
@@ -232,8 +235,8 @@ class Timer:
         self._t = now
 
 
-def encode_jpeg(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
@@ -246,8 +249,10 @@ def decode_jpeg(b: bytes) -> np.ndarray:
 class TrackWriter:
     """Collects one track's per-frame outputs: crops, masks, landmarks, has_face."""
 
-    def __init__(self, track: str, mask_kinds: tuple[str, ...], rec: store.VideoRecord, timer: Timer):
+    def __init__(self, track: str, mask_kinds: tuple[str, ...], rec: store.VideoRecord, timer: Timer,
+                 jpeg_quality: int = JPEG_QUALITY):
         self.track, self.mask_kinds, self.rec, self.timer = track, mask_kinds, rec, timer
+        self.jpeg_quality = jpeg_quality
         self.has_face: list[bool] = []
         self.landmarks: list[np.ndarray] = []
         self.affines: list[np.ndarray] = []
@@ -264,10 +269,10 @@ class TrackWriter:
         self.affines.append(np.full((2, 3), np.nan, np.float32) if affine is None else affine)
         if crop is None:
             return
-        self.rec.items.append((store.frame_key(self.track, index, "rgb"), encode_jpeg(crop)))
+        self.rec.items.append((store.frame_key(self.track, index, "rgb"), encode_jpeg(crop, self.jpeg_quality)))
         self.timer.lap("encode")
         for kind in self.mask_kinds:
-            m = MASK_RENDERERS[kind](lm_crop) if lm_crop is not None else masks.blank_mask()
+            m = masks.render(kind, lm_crop)  # from the landmarks as stored, so readers can redraw it
             self.timer.lap("masks")
             self.rec.items.append((store.frame_key(self.track, index, kind), masks.encode_png(m)))
             self.timer.lap("encode")
@@ -438,7 +443,7 @@ def process_video(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
     rec = new_record(job, opts)
     try:
         info = video.probe(job.path)
-        writers = {t: TrackWriter(t, opts.masks, rec, timer) for t in job.tracks}
+        writers = {t: TrackWriter(t, opts.masks, rec, timer, opts.jpeg_quality) for t in job.tracks}
         times: list[float] = []
         counters = RUNNERS[job.source](job, opts, writers, timer, times)
         n = len(times)

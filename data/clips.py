@@ -2,10 +2,11 @@
 
 One sample is the frame ``i`` of a track with everything the models take and every task's label:
 
-- ``clip``: 4×T×S×S float, RGB + the chosen mask of source frames i − (T−1)·d, …, i − d, i (causal,
+- ``clip``: 4×T×S×S uint8, RGB + the chosen mask of source frames i − (T−1)·d, …, i − d, i (causal,
   the labelled frame last; the dilation d counts source frames, not rows of an index). A frame before
-  the start of the track or without a face is black (RGB and mask 0) before normalisation, like TSAV.
-  Pixels are scaled to [0, 1] and normalised per channel with ``MEAN``/``STD`` (SPEC §3).
+  the start of the track or without a face is black (RGB and mask 0), like TSAV. ``prepare_batch``
+  turns a batch into model inputs on the training device: scaled to [0, 1], colour-jittered with the
+  sample's ``jitter`` factors and normalised per channel with ``MEAN``/``STD`` (SPEC §3).
 - ``audio_features``: 1×64×W, the log-mel window centred on frame i's timestamp, sliced from the
   per-video spectrogram stored in the database; where the window reaches past the audio it is silence
   on that side (``audio_window``). A video without sound gets the silent window.
@@ -13,7 +14,8 @@ One sample is the frame ``i`` of a track with everything the models take and eve
   ``va``/``va_valid`` (2 floats, bool), in the model layout's class and AU order. A label counts only in
   the split the track is annotated for *for that task*, so a track that is in Train_Set for VA and in
   Validation_Set for EXPR never leaks its EXPR labels into training.
-- ``teacher_clip`` (mean teacher only): the same clip with the teacher's brightness/contrast jitter.
+- ``jitter``: (4,) the student's colour-jitter factors (identity without augmentation); ``teacher_jitter``
+  (mean teacher only): (2,) the teacher view's brightness/contrast factors, applied to the same frames.
 - ``track``/``frame``: where the sample comes from.
 
 Augmentation is driven by a per-sample seed that the sampler draws, so a sample is the same whatever
@@ -149,17 +151,31 @@ def audio_window(mel_db: np.ndarray | None, t_center: float, columns: int) -> np
     return audio.finish_window(db)
 
 
-def decode_frame(txn, track: str, index: int, mask: str) -> np.ndarray | None:
-    """112×112×4 uint8 RGB + mask of one stored frame, or None when the frame has no stored crop."""
+def decode_frame(txn, track: str, index: int, mask: str, landmarks: np.ndarray | None = None) -> np.ndarray | None:
+    """112×112×4 uint8 RGB + mask of one stored frame, or None when the frame has no stored crop.
+
+    The mask is the stored PNG, or drawn from ``landmarks`` (the frame's 68 crop landmarks) when given:
+    for databases that do not store that mask type.
+    """
     rgb_b = txn.get(store.frame_key(track, index, "rgb"))
-    mask_b = txn.get(store.frame_key(track, index, mask))
-    if rgb_b is None or mask_b is None:
+    if rgb_b is None:
         return None
+    if landmarks is None:
+        mask_b = txn.get(store.frame_key(track, index, mask))
+        if mask_b is None:
+            return None
+        grey = masks.decode_png(mask_b)
+    else:
+        grey = masks.render(mask, landmarks)
     bgr = cv2.imdecode(np.frombuffer(rgb_b, np.uint8), cv2.IMREAD_COLOR)
     out = np.empty(bgr.shape[:2] + (4,), np.uint8)
     out[..., :3] = bgr[..., ::-1]
-    out[..., 3] = masks.decode_png(mask_b)
+    out[..., 3] = grey
     return out
+
+
+def landmarks_key(track: str) -> bytes:
+    return store.track_key(track) + b"/landmarks"
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -177,25 +193,82 @@ def flip_frames(frames: np.ndarray, mask: str) -> np.ndarray:
     return out
 
 
-def color_jitter(rgb: torch.Tensor, rng: np.random.Generator, brightness: float = 0.0, contrast: float = 0.0,
-                 saturation: float = 0.0, hue: float = 0.0) -> torch.Tensor:
-    """T×3×H×W in [0, 1] → jittered copy; factors drawn once per clip (contrast uses each frame's mean)."""
+IDENTITY_JITTER = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation factors and hue shift
+
+
+def draw_jitter(rng: np.random.Generator, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                hue: float = 0.0) -> list[float]:
+    """One clip's colour-jitter factors; only the non-zero ranges are drawn, in this order (seeded samples)."""
+    f = list(IDENTITY_JITTER)
     if brightness:
-        rgb = TF.adjust_brightness(rgb, float(rng.uniform(1 - brightness, 1 + brightness)))
+        f[0] = float(rng.uniform(1 - brightness, 1 + brightness))
     if contrast:
-        rgb = TF.adjust_contrast(rgb, float(rng.uniform(1 - contrast, 1 + contrast)))
+        f[1] = float(rng.uniform(1 - contrast, 1 + contrast))
     if saturation:
-        rgb = TF.adjust_saturation(rgb, float(rng.uniform(1 - saturation, 1 + saturation)))
+        f[2] = float(rng.uniform(1 - saturation, 1 + saturation))
     if hue:
-        rgb = TF.adjust_hue(rgb, float(rng.uniform(-hue, hue)))
+        f[3] = float(rng.uniform(-hue, hue))
+    return f
+
+
+def color_jitter(rgb: torch.Tensor, factors: list[float]) -> torch.Tensor:
+    """T×3×H×W in [0, 1] → jittered copy (contrast uses each frame's mean); identity factors are skipped."""
+    b, c, s, h = factors
+    if b != 1:
+        rgb = TF.adjust_brightness(rgb, b)
+    if c != 1:
+        rgb = TF.adjust_contrast(rgb, c)
+    if s != 1:
+        rgb = TF.adjust_saturation(rgb, s)
+    if h != 0:
+        rgb = TF.adjust_hue(rgb, h)
     return rgb
 
 
-def normalise(clip: torch.Tensor) -> torch.Tensor:
-    """T×4×H×W in [0, 1] → 4×T×H×W normalised with MEAN/STD."""
-    mean = torch.tensor(MEAN).reshape(1, 4, 1, 1)
-    std = torch.tensor(STD).reshape(1, 4, 1, 1)
-    return ((clip - mean) / std).permute(1, 0, 2, 3).contiguous()
+def jitter_batch(clips: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """B×4×T×H×W in [0, 1] with per-clip factors (B, 4) → the RGB channels jittered, the mask untouched."""
+    factors = factors.cpu()
+    todo = (factors != torch.tensor(IDENTITY_JITTER, dtype=factors.dtype)).any(dim=1).nonzero().flatten().tolist()
+    if not todo:
+        return clips
+    out = clips.clone()
+    for b in todo:
+        out[b, :3] = color_jitter(clips[b, :3].transpose(0, 1), factors[b].tolist()).transpose(0, 1)
+    return out
+
+
+def normalise(clips: torch.Tensor) -> torch.Tensor:
+    """(…, 4, T, H, W) in [0, 1] → normalised with MEAN/STD per channel, on the clips' device."""
+    shape = (4, 1, 1, 1)
+    mean = torch.tensor(MEAN, device=clips.device).reshape(shape)
+    std = torch.tensor(STD, device=clips.device).reshape(shape)
+    return (clips - mean) / std
+
+
+def prepare_batch(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool = False
+                  ) -> dict[str, torch.Tensor]:
+    """A loader batch → model inputs on ``device``: uint8 clips become float, jittered, normalised there.
+
+    Doing this on the device rather than in the loader workers moves 4× fewer bytes between processes
+    and to the GPU, and takes the per-pixel arithmetic off the CPU. ``teacher_clip`` is made from the same
+    frames when the batch carries ``teacher_jitter`` (mean teacher).
+    """
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("jitter", "teacher_jitter")}
+    base = out["clip"].float().div_(255)
+    if "jitter" in batch:
+        out["clip"] = normalise(jitter_batch(base, batch["jitter"]))
+    else:
+        out["clip"] = normalise(base)
+    if "teacher_jitter" in batch:
+        tj = batch["teacher_jitter"]
+        factors = torch.cat([tj, torch.tensor([[1.0, 0.0]], dtype=tj.dtype).expand(len(tj), 2)], dim=1)
+        out["teacher_clip"] = normalise(jitter_batch(base, factors))
+    if channels_last:
+        for k in ("clip", "teacher_clip"):
+            if k in out:
+                out[k] = out[k].contiguous(memory_format=torch.channels_last_3d)
+        out["audio_features"] = out["audio_features"].contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def _layout_au_columns(names: list[str], layout: OutputLayout, where: str) -> list[int]:
@@ -212,14 +285,18 @@ class ClipDataset(Dataset):
     ``split``: 'train'/'Train_Set', 'val'/'Validation_Set' (tracks annotated in that split for at least one
     task, labels of that split only), or None (every track of the database, labels of any split: for
     predicting unlabelled tracks). ``tracks`` restricts the tracks further; ``labels=False`` reads no label
-    (all invalid: for prediction with a layout whose AU set the database lacks). Items are a flat frame
+    (all invalid: for prediction with a layout whose AU set the database lacks). The mask is read from its
+    stored PNG, or drawn from the stored landmarks when the database does not store it or ``draw_mask``
+    (same pixels; drawing TSAV's lines is faster than decoding their PNG). Items are a flat frame
     index, or (index, seed) from ``EpochSampler`` for augmented training samples.
     """
 
     def __init__(self, db_path: str | Path, split: str | None, layout: str | OutputLayout,
                  clip: ClipConfig = ClipConfig(), augment: Augment | None = None,
-                 tracks: list[str] | None = None, labels: bool = True, audio_cache: int = 32) -> None:
+                 tracks: list[str] | None = None, labels: bool = True, audio_cache: int = 32,
+                 draw_mask: bool = False) -> None:
         self.db_path = str(db_path)
+        self.draw_mask = draw_mask
         self.with_labels = labels
         self.layout = get_layout(layout)
         self.clip = clip
@@ -232,16 +309,24 @@ class ClipDataset(Dataset):
         db = open_store(self.db_path)
         self._check_schema(db)
         self._load(db, tracks)
+        if self.draw_mask:
+            self._check_landmarks(db)
 
     # --- index ------------------------------------------------------------------------------------------
     def _check_schema(self, db: store.Store) -> None:
         schema = db.schema()
         if schema is None:
             raise DatasetError(f"{self.db_path}: not a database built by create_database.py (no schema record)")
-        if self.clip.mask not in schema.get("masks", []):
-            raise DatasetError(f"{self.db_path}: built with masks {schema.get('masks')}, this run asks for "
-                               f"{self.clip.mask!r}; rebuild with --masks {self.clip.mask} or pass "
-                               f"--mask {'/'.join(schema.get('masks') or ['?'])}")
+        if self.clip.mask not in schema.get("masks", []):  # not stored: drawn from the landmarks
+            self.draw_mask = True
+
+    def _check_landmarks(self, db: store.Store) -> None:
+        missing = [t.name for t in self.tracks if db.get(landmarks_key(t.name)) is None]
+        if missing:
+            raise DatasetError(f"{self.db_path}: built with masks {db.schema().get('masks')} and without landmarks "
+                               f"for {', '.join(missing[:5])}, so the {self.clip.mask!r} mask cannot be drawn; "
+                               f"rebuild with --masks {self.clip.mask} or pass --mask "
+                               f"{'/'.join(db.schema().get('masks') or ['?'])}")
 
     def _load(self, db: store.Store, wanted: list[str] | None) -> None:
         self.tracks: list[Track] = []
@@ -346,9 +431,10 @@ class ClipDataset(Dataset):
         track = self.tracks[t]
         out = np.zeros((self.clip.clip_len, CROP, CROP, 4), np.uint8)
         with self.db.env.begin(buffers=True) as txn:
+            lms = store.array_view(txn.get(landmarks_key(track.name))) if self.draw_mask else None
             for k, i in enumerate(frame + self.clip.frame_offsets()):
                 if 0 <= i < len(track.face) and track.face[i]:
-                    f = decode_frame(txn, track.name, int(i), self.clip.mask)
+                    f = decode_frame(txn, track.name, int(i), self.clip.mask, None if lms is None else lms[i])
                     if f is not None:
                         out[k] = f
         return out
@@ -363,17 +449,13 @@ class ClipDataset(Dataset):
         if rng is not None and aug.flip and rng.random() < aug.flip:
             frames = flip_frames(frames, self.clip.mask)
         frames = resize_frames(frames, self.clip.size)
-        base = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)  # T×4×H×W
-        clip = base
-        if rng is not None and (aug.brightness or aug.contrast or aug.saturation or aug.hue):
-            clip = base.clone()
-            clip[:, :3] = color_jitter(base[:, :3], rng, aug.brightness, aug.contrast, aug.saturation, aug.hue)
-        sample = {"clip": normalise(clip)}
+        sample = {"clip": torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous()}  # 4×T×S×S uint8
+        jitter = (draw_jitter(rng, aug.brightness, aug.contrast, aug.saturation, aug.hue)
+                  if rng is not None else list(IDENTITY_JITTER))
+        sample["jitter"] = torch.tensor(jitter, dtype=torch.float64)  # the drawn values, unrounded
         if aug.teacher:
-            teacher = base.clone()
-            if rng is not None and aug.teacher_jitter:
-                teacher[:, :3] = color_jitter(base[:, :3], rng, aug.teacher_jitter, aug.teacher_jitter)
-            sample["teacher_clip"] = normalise(teacher)
+            tj = draw_jitter(rng, aug.teacher_jitter, aug.teacher_jitter) if rng is not None else IDENTITY_JITTER
+            sample["teacher_jitter"] = torch.tensor(tj[:2], dtype=torch.float64)
         mel = self.logmel(track)
         sample["audio_features"] = torch.from_numpy(
             audio_window(mel, float(track.times[frame]), self.clip.audio_columns))

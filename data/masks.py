@@ -4,7 +4,9 @@
 - ``mtmt_mask``: MTMT's filled segmentation (regions painted in a fixed order, later over earlier).
 
 Both are single-channel uint8 with a small fixed set of grey levels, so they must be stored
-losslessly (``encode_png``); TSAV's JPEG masks lost the levels.
+losslessly (``encode_png``); TSAV's JPEG masks lost the levels. ``render`` draws them from landmarks
+at the precision the database keeps (float16), so a mask drawn when a clip is read equals the one
+``create_database.py --masks`` stores.
 """
 
 from __future__ import annotations
@@ -119,6 +121,24 @@ def mtmt_mask(lm: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
 def blank_mask(size: int = CROP_SIZE) -> np.ndarray:
     """The mask of a frame without a face."""
     return np.zeros((size, size), np.uint8)
+
+
+RENDERERS = {"tsav": tsav_mask, "mtmt": mtmt_mask}
+
+
+def stored_precision(lm: np.ndarray) -> np.ndarray:
+    """Landmarks rounded as the database stores them (float16: 1/32 px or better inside the crop)."""
+    return np.asarray(lm, np.float16).astype(np.float32)
+
+
+def render(kind: str, lm: np.ndarray | None) -> np.ndarray:
+    """The ``kind`` mask of one face from its crop landmarks at stored precision; None/NaN → blank."""
+    if lm is None:
+        return blank_mask()
+    lm = stored_precision(lm)
+    if not np.isfinite(lm).all():
+        return blank_mask()
+    return RENDERERS[kind](lm)
 
 
 def encode_png(mask: np.ndarray) -> bytes:

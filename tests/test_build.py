@@ -183,6 +183,38 @@ def test_masks_are_lossless_pngs_with_exact_levels(db):
     assert seen["tsav"] == TSAV_LEVELS and seen["mtmt"] == MTMT_LEVELS
 
 
+def test_masks_not_stored_are_drawn_when_read_with_the_same_pixels(mini_quick, ann, ref, tmp_path):
+    from data.clips import ClipConfig, ClipDataset, close_stores
+    from utils import infer
+
+    out = tmp_path / "db"
+    assert cli("--videos", subset(mini_quick, [TWO], tmp_path / "v"), "--annotations", ann,
+               "--out", out, "--workers", 1, "--masks", "none", "--jpeg-quality", 85, "--limit-frames", 40) == 0
+    track = f"{TWO}_left"
+    with store.Store(out) as d, store.Store(ref) as r:
+        assert d.schema()["masks"] == []
+        assert set().union(*frame_parts(d, track).values()) == {"rgb"}
+        faces = sorted(frame_parts(d, track))
+        small = [len(d.get(store.frame_key(track, i, "rgb"))) for i in faces]
+        full = [len(r.get(store.frame_key(track, i, "rgb"))) for i in faces]
+        assert sum(small) < 0.8 * sum(full)  # q85 vs q95
+        assert np.mean([cv2.PSNR(jpeg(d.get(store.frame_key(track, i, "rgb"))),
+                                 jpeg(r.get(store.frame_key(track, i, "rgb")))) for i in faces]) > 35
+    for kind in ("tsav", "mtmt"):
+        cfg = ClipConfig(clip_len=4, dilation=6, mask=kind)
+        drawn = ClipDataset(out, None, "abaw2021", cfg, tracks=[track], labels=False)
+        stored = ClipDataset(ref, None, "abaw2021", cfg, tracks=[track], labels=False)
+        assert drawn.draw_mask and not stored.draw_mask
+        for i in (0, 18, 39):
+            a, b = drawn.raw_frames(0, i), stored.raw_frames(0, i)
+            assert a[..., 3].any() and np.array_equal(a[..., 3], b[..., 3])
+        src = infer.db_track_source(str(out), track)
+        chunk = infer.ChunkFrames(src, cfg, 16)[1].numpy()
+        ref_chunk = infer.ChunkFrames(infer.db_track_source(str(ref), track), cfg, 16)[1].numpy()
+        assert chunk[..., 3].any() and np.array_equal(chunk[..., 3], ref_chunk[..., 3])
+    close_stores()
+
+
 def test_logmel_per_video(db, meta):
     for v in meta["videos"]:
         mel = db.get_array(store.video_key(v["name"]) + b"/logmel")

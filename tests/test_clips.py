@@ -18,7 +18,9 @@ from data.clips import (
     DatasetError,
     EpochSampler,
     audio_window,
+    color_jitter,
     flip_frames,
+    prepare_batch,
     sampling_weights,
     validation_indices,
 )
@@ -33,6 +35,12 @@ def index_of(ds: ClipDataset, track: str, frame: int) -> int:
     return ds.track_range(track)[frame]
 
 
+def model_input(ds: ClipDataset, key) -> dict[str, torch.Tensor]:
+    """One sample as the model gets it: collated and prepared (float, jitter, normalised) on the CPU."""
+    batch = prepare_batch(torch.utils.data.default_collate([ds[key]]), torch.device("cpu"))
+    return {k: v[0] for k, v in batch.items()}
+
+
 def black_value() -> torch.Tensor:
     return (-torch.tensor(MEAN) / torch.tensor(STD)).reshape(4, 1, 1)
 
@@ -44,8 +52,9 @@ def test_clip_is_causal_with_dilation_in_source_frames(db):
     for k, i in enumerate((1, 4, 7, 10)):
         assert abs(int(frames[k, 50, 50, 0]) - red(i)) <= 2
         assert frames[k, 50, 20, 3] == masks.TSAV_LEFT_BROW
-    sample = ds[index_of(ds, "a", 10)]
-    assert sample["clip"].shape == (4, 4, 112, 112)
+    raw = ds[index_of(ds, "a", 10)]["clip"]
+    assert raw.shape == (4, 4, 112, 112) and raw.dtype == torch.uint8  # 4x fewer bytes between processes
+    sample = model_input(ds, index_of(ds, "a", 10))
     expected = (torch.tensor([red(10) / 255, 100 / 255, 200 / 255, masks.TSAV_LEFT_BROW / 255]) - torch.tensor(MEAN))
     torch.testing.assert_close(sample["clip"][:, 3, 50, 20], expected / torch.tensor(STD), atol=0.05, rtol=0)
 
@@ -56,13 +65,13 @@ def test_frames_before_the_start_or_without_face_are_black(db):
     assert frames[1].max() == 0 and frames[0].max() > 0 and frames[2].max() > 0
     frames = ds.raw_frames(0, 2)  # frames -2, 0, 2
     assert frames[0].max() == 0 and frames[1].max() > 0
-    clip = ds[index_of(ds, "a", 2)]["clip"]
+    clip = model_input(ds, index_of(ds, "a", 2))["clip"]
     torch.testing.assert_close(clip[:, 0], black_value().expand(4, 112, 112))
 
 
 def test_resize_and_mask_choice(db):
     ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=2, size=48, mask="mtmt"))
-    clip = ds[0]["clip"]
+    clip = model_input(ds, 0)["clip"]
     assert clip.shape == (4, 2, 48, 48)
     assert clip[3, 1].sub((masks.MTMT_EYES / 255 - MEAN[3]) / STD[3]).abs().max() < 1e-5
 
@@ -142,22 +151,41 @@ def test_flip_mirrors_and_swaps_tsav_sides():
 def test_augmentation_is_a_function_of_the_seed_and_never_touches_the_mask(db):
     aug = Augment(flip=0.5, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, teacher=True)
     ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=2, size=32), aug)
-    plain = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=2, size=32))[12]
-    a, b, c = ds[(12, 7)], ds[(12, 7)], ds[(12, 8)]
+    plain = model_input(ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=2, size=32)), 12)
+    a, b, c = model_input(ds, (12, 7)), model_input(ds, (12, 7)), model_input(ds, (12, 8))
     torch.testing.assert_close(a["clip"], b["clip"])
     torch.testing.assert_close(a["teacher_clip"], b["teacher_clip"])
     assert not torch.equal(a["clip"], c["clip"])
-    flipped = {s: ds[(12, s)]["clip"][3, 1, 5, 2] for s in range(12)}  # left column: brow level or 0 when flipped
+    flipped = {s: ds[(12, s)]["clip"][3, 1, 5, 2] / 255 for s in range(12)}  # left column: brow level or 0 when flipped
     levels = {round(float(v), 3) for v in flipped.values()}
     assert len(levels) == 2  # both flipped and unflipped clips occur
     for s in range(12):
-        x = ds[(12, s)]
+        x = model_input(ds, (12, s))
         assert torch.equal(x["clip"][3], x["teacher_clip"][3])  # same flip, mask untouched
         ratio = (x["teacher_clip"][:3] * torch.tensor(STD[:3]).reshape(3, 1, 1, 1)
                  + torch.tensor(MEAN[:3]).reshape(3, 1, 1, 1)).mean()
         base = (plain["clip"][:3] * torch.tensor(STD[:3]).reshape(3, 1, 1, 1)
                 + torch.tensor(MEAN[:3]).reshape(3, 1, 1, 1)).mean()
         assert 0.75 < float(ratio / base) < 1.25
+
+
+def test_device_preparation_jitters_each_clip_with_its_own_factors():
+    g = torch.Generator().manual_seed(0)
+    clips = torch.randint(0, 256, (3, 4, 2, 8, 8), generator=g, dtype=torch.uint8)
+    jitter = torch.tensor([[1.2, 0.9, 1.1, 0.05], [1.0, 1.0, 1.0, 0.0], [0.8, 1.0, 1.0, 0.0]])
+    teacher = torch.tensor([[1.0, 1.0], [1.1, 0.9], [1.0, 1.0]])
+    out = prepare_batch({"clip": clips, "audio_features": torch.zeros(3, 1, 4, 5), "jitter": jitter,
+                         "teacher_jitter": teacher}, torch.device("cpu"))
+    base = clips.float() / 255
+    mean, std = torch.tensor(MEAN).reshape(4, 1, 1, 1), torch.tensor(STD).reshape(4, 1, 1, 1)
+    for b in range(3):
+        for key, factors in (("clip", jitter[b].tolist()), ("teacher_clip", teacher[b].tolist() + [1.0, 0.0])):
+            want = base[b].clone()
+            want[:3] = color_jitter(base[b, :3].transpose(0, 1), factors).transpose(0, 1)
+            torch.testing.assert_close(out[key][b], (want - mean) / std)
+    torch.testing.assert_close(out["clip"][1], (base[1] - mean) / std)  # identity factors: untouched
+    assert torch.equal(out["clip"][:, 3], out["teacher_clip"][:, 3])  # the mask is never jittered
+    assert not torch.equal(out["clip"][0, :3], ((base[0] - mean) / std)[:3])
 
 
 def test_dataset_pickles_without_the_environment_and_workers_agree(db):

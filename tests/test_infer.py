@@ -13,7 +13,7 @@ import torch
 from toy_db import make_toy_db
 
 import test_val_aff2
-from data.clips import ClipConfig, ClipDataset
+from data.clips import ClipConfig, ClipDataset, prepare_batch
 from data.video import read_frame_times
 from models.tsav import build_model, get_layout
 from utils import infer
@@ -43,7 +43,8 @@ def model():
 
 def per_clip_logits(model, db: Path, track: str, clip: ClipConfig) -> torch.Tensor:
     ds = ClipDataset(db, None, "abaw2021", clip, tracks=[track], labels=False)
-    batch = torch.utils.data.default_collate([ds[i] for i in ds.track_range(track)])
+    batch = prepare_batch(torch.utils.data.default_collate([ds[i] for i in ds.track_range(track)]),
+                          torch.device("cpu"))
     with torch.no_grad():
         return model({"clip": batch["clip"], "audio_features": batch["audio_features"]})
 

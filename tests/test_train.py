@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from toy_db import make_toy_db
 
 import train
-from data.clips import ClipConfig, ClipDataset
+from data.clips import ClipConfig, ClipDataset, prepare_batch
 from models.losses import MultiTaskLoss
 from models.tsav import build_model, get_layout, load_published, read_checkpoint
 from opts import train_parser
@@ -217,7 +217,7 @@ def test_precise_bn_recomputes_statistics_from_plain_clips(db):
     bn.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
     model.train()
     with torch.no_grad():
-        model(torch.utils.data.default_collate([ds[0], ds[1]]))  # running stats of some other input
+        model(prepare_batch(torch.utils.data.default_collate([ds[0], ds[1]]), torch.device("cpu")))  # other stats
     seen.clear()
     engine.precise_bn(model, ds, list(range(3, 15)), args, torch.device("cpu"))
     assert len(seen) == 2 and model.training and bn.momentum == 0.1

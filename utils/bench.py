@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -49,7 +50,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from data import audio, build, store
-from data.clips import ClipConfig, ClipDataset, audio_window, close_stores, normalise, resize_frames
+from data.clips import ClipConfig, ClipDataset, audio_window, close_stores, normalise, prepare_batch, resize_frames
 from data.video import find_videos
 from models.losses import MultiTaskLoss
 from models.tsav import build_model, get_layout, to_channels_last
@@ -216,11 +217,11 @@ def bench_jobs(args: argparse.Namespace, root: Path) -> list[build.VideoJob]:
     return [by_name[n] for n in names]
 
 
-def fresh_store(path: Path) -> store.Store:
+def fresh_store(path: Path, masks: tuple[str, ...] = ("tsav", "mtmt")) -> store.Store:
     close_stores()
     shutil.rmtree(path, ignore_errors=True)
     db = store.Store(path, readonly=False)
-    db.write_schema(["tsav", "mtmt"])
+    db.write_schema(list(masks))
     return db
 
 
@@ -395,7 +396,7 @@ class TsavStyleClips(Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         track, frame = self.rows[k]
         frames = resize_frames(self.frames(track, frame), self.clip.size)
-        clip = normalise(torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255))
+        clip = normalise(torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(255))  # as TSAV: on the CPU
         t = float(self.times[track][frame])
         if self.exact:
             mel = audio_window(self.mels[track], t, self.clip.audio_columns)
@@ -436,6 +437,11 @@ class BackendTimer:
         for name in ("detect", "landmarks"):
             self.backend.__dict__.pop(name, None)
 
+
+# create_database.py settings whose bytes the preprocess benchmark reports besides the default (both masks
+# stored, JPEG q95): flags --masks and --jpeg-quality.
+STORAGE_VARIANTS = {"--masks none": ((), 95), "--masks none --jpeg-quality 90": ((), 90),
+                    "--masks none --jpeg-quality 85": ((), 85)}
 
 PRE_STAGES = ("decode", "detect", "landmarks", "track", "align", "masks", "encode", "audio", "write", "other")
 
@@ -524,6 +530,7 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
     per_frame["ratio_stored_vs_tsav_images_raw"] = per_frame["ours_stored"] / images
     per_frame["ratio_disk_vs_tsav_images_disk"] = per_frame["ours_disk"] / images_disk
     per_frame["ratio_disk_vs_tsav_with_wav_disk"] = per_frame["ours_disk"] / per_frame["tsav_with_wav_disk"]
+    per_frame["variants"] = storage_variants(jobs, opts, work, images, images_disk)
     result = {"videos": [j.name for j in jobs], "tracks": sum(len(j.tracks) for j in jobs), "frames": frames,
               "track_frames": n, "threads": 1, "detector": opts.detector, "detect_every": opts.detect_every,
               "stages": stages, "overall": {"seconds": summary(total), "frames_per_s": rates(frames, total)},
@@ -531,6 +538,36 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
               "bytes_per_frame": per_frame, "db": ours, "tsav": tsav}
     print_preprocess(result)
     return result
+
+
+def crop_psnr(db_path: Path, reference: Path) -> float:
+    """Mean PSNR (dB) of a database's crops against the same frames' crops in ``reference``."""
+    values = []
+    with store.Store(db_path) as a, store.Store(reference) as b:
+        for k, v in a.scan(b"f/"):
+            if k.endswith(b"/rgb"):
+                ref = b.get(k)
+                values.append(cv2.PSNR(build.decode_jpeg(v), build.decode_jpeg(ref)))
+    return float(np.mean(values)) if values else math.nan
+
+
+def storage_variants(jobs: list[build.VideoJob], opts: build.BuildOptions, work: Path, tsav_raw: float,
+                     tsav_disk: float) -> dict:
+    """Bytes per track frame of the same videos built with each of ``STORAGE_VARIANTS`` (untimed)."""
+    out = {}
+    for label, (kinds, quality) in STORAGE_VARIANTS.items():
+        path = work / "db_variant"
+        variant = dataclasses.replace(opts, masks=kinds, jpeg_quality=quality)
+        with fresh_store(path, kinds) as db:
+            for job in jobs:
+                db.write_video(build.process_video(job, variant))
+        got = db_bytes(path)
+        n = got["track_frames"]
+        stored, disk = got["stored_total"] / n, got["disk_used_pages"] / n
+        out[label] = {"stored": stored, "disk": disk, "ratio_stored": stored / tsav_raw, "ratio_disk": disk / tsav_disk,
+                      "crop_psnr_vs_q95_db": crop_psnr(path, work / "db") if quality != 95 else None}
+        shutil.rmtree(path)
+    return out
 
 
 def print_preprocess(r: dict) -> None:
@@ -553,7 +590,10 @@ def print_preprocess(r: dict) -> None:
          f"{b['tsav_with_wav_disk']:.0f}"],
         ["ratio ours / TSAV images", f"{b['ratio_stored_vs_tsav_images_raw']:.2f}",
          f"{b['ratio_disk_vs_tsav_images_disk']:.2f}"],
-    ])
+    ] + [[f"ours {label}" + (f" (crops {v['crop_psnr_vs_q95_db']:.1f} dB PSNR vs q95)"
+                             if v["crop_psnr_vs_q95_db"] else "") + ": bytes (ratio)",
+          f"{v['stored']:.0f} ({v['ratio_stored']:.2f})", f"{v['disk']:.0f} ({v['ratio_disk']:.2f})"]
+         for label, v in b.get("variants", {}).items()])
     print(f"ours by kind (bytes/track frame): {kinds}")
 
 
@@ -595,7 +635,8 @@ def input_difference(ours: dict, tsav: dict) -> dict:
     column (up to 5 ms apart), and in the columns whose STFT frame reaches past the clip or the audio.
     """
     a, b = ours["audio_features"], tsav["audio_features"]
-    return {"clip_max_abs": float((ours["clip"] - tsav["clip"]).abs().max()),
+    clip = normalise(ours["clip"].float() / 255)  # ours leaves this to prepare_batch on the device
+    return {"clip_max_abs": float((clip - tsav["clip"]).abs().max()),
             "audio_median_abs": float((a - b).abs().median()), "audio_max_abs": float((a - b).abs().max())}
 
 
@@ -609,34 +650,56 @@ def bench_loader(args: argparse.Namespace) -> dict:
     result = {"clips": len(rows), "batch_size": args.loader_batch, "clip": asdict(clip), "workers": {},
               "input_difference": diff, "threads_per_worker": 1}
     with thread_limit(1):  # DataLoader workers run one torch thread; the main process (0 workers) too
+        drawn = ClipDataset(db_path, None, args.layout, clip, draw_mask=True)
         for w in args.loader_workers:
-            result["workers"][str(w)] = loader_entry(args, w, ours, index, tsav)
+            result["workers"][str(w)] = loader_entry(args, w, {"lmdb": ours, "lmdb_drawn_mask": drawn}, index, tsav)
+    result["prepare"] = prepare_entry(args, ours, index)
     print_loader(result)
     return result
 
 
-def loader_entry(args: argparse.Namespace, w: int, ours: ClipDataset, index: list[int], tsav: TsavStyleClips) -> dict:
-    """Both loaders with ``w`` workers over the same clips."""
+def loader_entry(args: argparse.Namespace, w: int, ours: dict[str, ClipDataset], index: list[int],
+                 tsav: TsavStyleClips) -> dict:
+    """Our loaders (mask PNG read, mask drawn from the landmarks) and TSAV's with ``w`` workers, same clips."""
     n = len(index)
     entry = {}
-    for name, ds, sampler in (("lmdb", ours, index), ("tsav", tsav, list(range(n)))):
+    for name, ds, sampler in [(k, v, index) for k, v in ours.items()] + [("tsav", tsav, list(range(n)))]:
         loader = DataLoader(ds, batch_size=args.loader_batch, sampler=sampler, num_workers=w,
                             persistent_workers=w > 0)
         secs = timed(lambda ld=loader: drain(ld), args.repeats, max(args.warmup, 1))
         entry[name] = {"clips_per_s": rates(n, secs), "clips_per_s_per_worker": rates(n / max(w, 1), secs)}
         del loader
     entry["speedup"] = entry["lmdb"]["clips_per_s"]["median"] / entry["tsav"]["clips_per_s"]["median"]
+    if "lmdb_drawn_mask" in entry:
+        entry["speedup_drawn_mask"] = (entry["lmdb_drawn_mask"]["clips_per_s"]["median"]
+                                       / entry["tsav"]["clips_per_s"]["median"])
     return entry
 
 
+def prepare_entry(args: argparse.Namespace, ours: ClipDataset, index: list[int]) -> dict:
+    """Our loader leaves uint8 → float, colour jitter and normalisation to ``prepare_batch`` on the device."""
+    device = pick_device(args.device)
+    batch = torch.utils.data.default_collate([ours[i] for i in index[:args.loader_batch]])
+    batch["jitter"][:, 0] = 1.1  # a brightness change in every clip: the jitter path, not the identity shortcut
+
+    secs = timed(lambda: prepare_batch({k: batch[k] for k in ("clip", "audio_features", "jitter")}, device),
+                 args.repeats, max(args.warmup, 1), cuda_sync(device))
+    return {"device": str(device), "clips_per_s": rates(len(batch["clip"]), secs)}
+
+
 def print_loader(r: dict) -> None:
-    rows = [[w, fmt(e["lmdb"]["clips_per_s_per_worker"]), fmt(e["tsav"]["clips_per_s_per_worker"]),
-             fmt(e["lmdb"]["clips_per_s"]), fmt(e["tsav"]["clips_per_s"]), f"{e['speedup']:.1f}x"]
+    rows = [[w, fmt(e["lmdb"]["clips_per_s_per_worker"]), fmt(e["lmdb_drawn_mask"]["clips_per_s_per_worker"]),
+             fmt(e["tsav"]["clips_per_s_per_worker"]), fmt(e["lmdb"]["clips_per_s"]), fmt(e["tsav"]["clips_per_s"]),
+             f"{e['speedup']:.1f}x / {e['speedup_drawn_mask']:.1f}x"]
             for w, e in r["workers"].items()]
     c = r["clip"]
     print_table(f"loader: {r['clips']} clips of 4x{c['clip_len']}x{c['size']}x{c['size']} + 1x64x"
                 f"{1 + 2 * round(c['audio_seconds'] * audio.SR / audio.HOP / 2)}, batch {r['batch_size']}",
-                ["workers", "ours/worker", "TSAV/worker", "ours total", "TSAV total", "speedup"], rows)
+                ["workers", "ours/worker", "ours, mask drawn/worker", "TSAV/worker", "ours total", "TSAV total",
+                 "speedup (PNG / drawn mask)"], rows)
+    p = r["prepare"]
+    print(f"ours on the device ({p['device']}, prepare_batch: float, jitter, normalise): "
+          f"{fmt(p['clips_per_s'])} clips/s; TSAV-style does this in the loader")
     d = r["input_difference"]
     print(f"inputs ours vs TSAV (one clip, normalised units): clip max |diff| {d['clip_max_abs']:.3f} (JPEG mask), "
           f"audio median |diff| {d['audio_median_abs']:.4f}, max {d['audio_max_abs']:.2f} (TSAV cuts the wav at the "
@@ -987,7 +1050,9 @@ def goals(results: dict) -> dict:
             g[f"bytes_{key}"] = {"value": v, "target": "<= 0.333", "met": v <= GOALS["bytes_ratio"]}
     if "loader" in results:
         for w, e in results["loader"]["workers"].items():
-            g[f"loader_speedup_{w}_workers"] = {"value": e["speedup"], "target": ">= 10", "met": e["speedup"] >= 10}
+            for key in ("speedup", "speedup_drawn_mask"):
+                if key in e:
+                    g[f"loader_{key}_{w}_workers"] = {"value": e[key], "target": ">= 10", "met": e[key] >= 10}
     if "infer" in results:
         for k in ("end_to_end", "inputs_only"):
             v = results["infer"][k]["speedup"]

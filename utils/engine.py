@@ -34,6 +34,7 @@ from data.clips import (
     ClipDataset,
     DatasetError,
     EpochSampler,
+    prepare_batch,
     sampling_weights,
     validation_indices,
 )
@@ -52,7 +53,7 @@ from models.tsav import (
 )
 from utils import dist
 from utils.metrics import Edition, au_scores, expr_scores, get_edition, va_scores
-from utils.predict import autocast, edition_au_columns, predict_indices, to_device
+from utils.predict import autocast, edition_au_columns, predict_indices
 
 EDITION_OF_LAYOUT = {"abaw2020": "abaw2020", "abaw2021": "abaw2021", "mtmt": "abaw2021", "abaw3": "abaw3"}
 CHECKPOINT_FORMAT = 1
@@ -268,7 +269,7 @@ def train_one_epoch(model: nn.Module, teacher: MeanTeacher | None, criterion: Mu
     steps = len(loader)
     bar = _bar(loader, progress, f"epoch {state.epoch}")
     for i, batch in enumerate(bar):
-        batch = to_device(batch, device, args.channels_last)
+        batch = prepare_batch(batch, device, args.channels_last)
         inputs = {"clip": batch["clip"], "audio_features": batch["audio_features"]}
         targets = {k: batch[k] for k in ("expr", "au", "va")}
         valid = {k: batch[f"{k}_valid"] for k in ("expr", "au", "va")}
@@ -342,7 +343,7 @@ def precise_bn(model: nn.Module, dataset: ClipDataset, index: list[int], args: a
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=index, num_workers=args.workers,
                         drop_last=len(index) > args.batch_size, generator=torch.Generator().manual_seed(args.seed))
     for batch in loader:
-        batch = to_device({k: batch[k] for k in ("clip", "audio_features")}, device, args.channels_last)
+        batch = prepare_batch({k: batch[k] for k in ("clip", "audio_features")}, device, args.channels_last)
         with autocast(device, args.amp):
             model(batch)
     for b, m in zip(bns, momenta):

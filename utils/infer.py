@@ -26,7 +26,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from data import audio, store
-from data.clips import CROP, MEAN, STD, ClipConfig, decode_frame, flip_frames, open_store, resize_frames
+from data.clips import (
+    CROP,
+    ClipConfig,
+    decode_frame,
+    flip_frames,
+    landmarks_key,
+    normalise,
+    open_store,
+    resize_frames,
+)
 from models.tsav import OutputLayout, model_layout, split_outputs
 from utils.predict import autocast
 
@@ -65,6 +74,8 @@ class ChunkFrames(Dataset):
         self.source, self.clip, self.chunk = source, clip, chunk
         self.history = (clip.clip_len - 1) * clip.dilation
         self.starts = list(range(0, len(source), chunk))
+        self.draw_mask = (source.db_path is not None  # a mask type the database does not store: drawn
+                          and clip.mask not in (open_store(source.db_path).schema() or {}).get("masks", []))
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -79,9 +90,10 @@ class ChunkFrames(Dataset):
             out[lo - (c0 - self.history):] = src.frames[lo:c1] * src.face[lo:c1, None, None, None]
         else:
             with open_store(src.db_path).env.begin(buffers=True) as txn:
+                lms = store.array_view(txn.get(landmarks_key(src.name))) if self.draw_mask else None
                 for i in range(lo, c1):
                     if src.face[i]:
-                        f = decode_frame(txn, src.name, i, self.clip.mask)
+                        f = decode_frame(txn, src.name, i, self.clip.mask, None if lms is None else lms[i])
                         if f is not None:
                             out[i - (c0 - self.history)] = f
         return torch.from_numpy(resize_frames(out, self.clip.size))
@@ -91,10 +103,8 @@ def clip_batch(frames: torch.Tensor, targets: torch.Tensor, clip: ClipConfig, hi
     """Gather clips: frames (H + C, S, S, 4) uint8, targets = chunk-local frame numbers → (B, 4, T, S, S)."""
     offsets = torch.as_tensor(clip.frame_offsets(), device=frames.device)
     x = frames[(targets[:, None] + history + offsets[None]).reshape(-1)]
-    x = x.reshape(len(targets), clip.clip_len, *frames.shape[1:]).float().div_(255)  # B×T×S×S×4
-    mean = torch.tensor(MEAN, device=x.device)
-    std = torch.tensor(STD, device=x.device)
-    return ((x - mean) / std).permute(0, 4, 1, 2, 3).contiguous()
+    x = x.reshape(len(targets), clip.clip_len, *frames.shape[1:]).permute(0, 4, 1, 2, 3)  # B×4×T×S×S
+    return normalise(x.float().div_(255)).contiguous()
 
 
 def audio_batch(mel_pad: torch.Tensor, centres: torch.Tensor, columns: int) -> torch.Tensor:

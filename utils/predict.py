@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data.clips import ClipConfig, ClipDataset, open_store
+from data.clips import ClipConfig, ClipDataset, open_store, prepare_batch
 from models.tsav import (
     OutputLayout,
     TwoStreamAuralVisualSelfCure,
@@ -50,17 +50,6 @@ def autocast(device: torch.device, amp: str):
     if amp == "none" or device.type != "cuda":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def to_device(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool = False
-              ) -> dict[str, torch.Tensor]:
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    if channels_last:
-        for k in ("clip", "teacher_clip"):
-            if k in out:
-                out[k] = out[k].contiguous(memory_format=torch.channels_last_3d)
-        out["audio_features"] = out["audio_features"].contiguous(memory_format=torch.channels_last)
-    return out
 
 
 def edition_au_columns(layout: OutputLayout, edition: Edition) -> list[int]:
@@ -95,7 +84,7 @@ def predict_indices(model: nn.Module, dataset: ClipDataset, indices: np.ndarray 
                         pin_memory=device.type == "cuda", persistent_workers=False)
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in TASK_KEYS}
     for batch in _progress(loader, progress, "predict"):
-        batch = to_device({k: batch[k] for k in ("clip", "audio_features")}, device, channels_last)
+        batch = prepare_batch({k: batch[k] for k in ("clip", "audio_features")}, device, channels_last)
         with autocast(device, amp):
             out = model(batch)
         for k, v in decode_outputs(out, layout, edition).items():
