@@ -7,9 +7,10 @@ One sample is the frame ``i`` of a track with everything the models take and eve
   the start of the track or without a face is black (RGB and mask 0), like TSAV. ``prepare_batch``
   turns a batch into model inputs on the training device: scaled to [0, 1], colour-jittered with the
   sample's ``jitter`` factors and normalised per channel with ``MEAN``/``STD`` (SPEC §3).
-- ``audio_features``: 1×64×W, the log-mel window centred on frame i's timestamp, sliced from the
+- ``audio_db``: 1×64×W float16, the log-mel window (dB) centred on frame i's timestamp, sliced from the
   per-video spectrogram stored in the database; where the window reaches past the audio it is silence
-  on that side (``audio_window``). A video without sound gets the silent window.
+  on that side. A video without sound gets the silent window. ``prepare_batch`` floors and normalises
+  it into the model's ``audio_features`` (``finish_audio``; the same numbers as ``audio_window``).
 - ``expr``/``expr_valid`` (class id, bool), ``au``/``au_valid`` (n_au 0/1 floats, per-AU bools),
   ``va``/``va_valid`` (2 floats, bool), in the model layout's class and AU order. A label counts only in
   the split the track is annotated for *for that task*, so a track that is in Train_Set for VA and in
@@ -136,26 +137,44 @@ class Track:
     has_audio: bool
 
 
-def audio_window(mel_db: np.ndarray | None, t_center: float, columns: int) -> np.ndarray:
-    """(1, 64, columns) float32 centred on t_center, silence where the window leaves the audio.
+def audio_window_db(mel_db: np.ndarray | None, t_center: float, columns: int) -> np.ndarray:
+    """(1, 64, columns) float16 dB slice centred on t_center, silence where the window leaves the audio.
 
-    ``data.audio.window`` for any odd width (equal to it for 1001); None = a video without sound.
+    The stored values as they are (float16, not floored, not normalised: ``finish_audio`` does that on the
+    device); None = a video without sound.
     """
     half = columns // 2
-    db = np.full((audio.N_MELS, columns), audio.SILENCE_DB, dtype=np.float32)
+    db = np.full((1, audio.N_MELS, columns), audio.SILENCE_DB, dtype=np.float16)
     if mel_db is not None:
         first = audio.centre_column(t_center) - half
         lo, hi = max(first, 0), min(first + columns, mel_db.shape[1])
         if lo < hi:
-            db[:, lo - first:hi - first] = mel_db[:, lo:hi]
-    return audio.finish_window(db)
+            db[0, :, lo - first:hi - first] = mel_db[:, lo:hi]
+    return db
 
 
-def decode_frame(txn, track: str, index: int, mask: str, landmarks: np.ndarray | None = None) -> np.ndarray | None:
+def audio_window(mel_db: np.ndarray | None, t_center: float, columns: int) -> np.ndarray:
+    """(1, 64, columns) float32 model input centred on t_center, silence where the window leaves the audio.
+
+    ``data.audio.window`` for any odd width (equal to it for 1001); None = a video without sound.
+    """
+    return audio.finish_window(audio_window_db(mel_db, t_center, columns)[0].astype(np.float32))
+
+
+def finish_audio(db: torch.Tensor) -> torch.Tensor:
+    """(B, …) dB windows → model input: floored 80 dB under each window's maximum and normalised, in float32
+    (``data.audio.finish_window`` for a batch, on the batch's device)."""
+    db = db.float()
+    db = torch.maximum(db, db.amax(dim=tuple(range(1, db.dim())), keepdim=True) - audio.TOP_DB)
+    return (db - audio.NORM_MEAN) / audio.NORM_STD
+
+
+def decode_frame(txn, track: str, index: int, mask: str, landmarks: np.ndarray | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray | None:
     """112×112×4 uint8 RGB + mask of one stored frame, or None when the frame has no stored crop.
 
     The mask is the stored PNG, or drawn from ``landmarks`` (the frame's 68 crop landmarks) when given:
-    for databases that do not store that mask type.
+    for databases that do not store that mask type. ``out``: a contiguous 112×112×4 array to fill.
     """
     rgb_b = txn.get(store.frame_key(track, index, "rgb"))
     if rgb_b is None:
@@ -168,8 +187,7 @@ def decode_frame(txn, track: str, index: int, mask: str, landmarks: np.ndarray |
     else:
         grey = masks.render(mask, landmarks)
     bgr = cv2.imdecode(np.frombuffer(rgb_b, np.uint8), cv2.IMREAD_COLOR)
-    out = np.empty(bgr.shape[:2] + (4,), np.uint8)
-    out[..., :3] = bgr[..., ::-1]
+    out = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA, dst=out)  # one SIMD pass, not a strided channel copy
     out[..., 3] = grey
     return out
 
@@ -249,11 +267,14 @@ def prepare_batch(batch: dict[str, torch.Tensor], device: torch.device, channels
                   ) -> dict[str, torch.Tensor]:
     """A loader batch → model inputs on ``device``: uint8 clips become float, jittered, normalised there.
 
-    Doing this on the device rather than in the loader workers moves 4× fewer bytes between processes
-    and to the GPU, and takes the per-pixel arithmetic off the CPU. ``teacher_clip`` is made from the same
-    frames when the batch carries ``teacher_jitter`` (mean teacher).
+    Doing this on the device rather than in the loader workers moves 4× (clip) and 2× (audio) fewer bytes
+    between processes and to the GPU, and takes the per-pixel arithmetic off the CPU. ``teacher_clip`` is
+    made from the same frames when the batch carries ``teacher_jitter`` (mean teacher).
     """
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("jitter", "teacher_jitter")}
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()
+           if k not in ("jitter", "teacher_jitter", "audio_db")}
+    if "audio_db" in batch:
+        out["audio_features"] = finish_audio(batch["audio_db"].to(device, non_blocking=True))
     base = out["clip"].float().div_(255)
     if "jitter" in batch:
         out["clip"] = normalise(jitter_batch(base, batch["jitter"]))
@@ -434,9 +455,7 @@ class ClipDataset(Dataset):
             lms = store.array_view(txn.get(landmarks_key(track.name))) if self.draw_mask else None
             for k, i in enumerate(frame + self.clip.frame_offsets()):
                 if 0 <= i < len(track.face) and track.face[i]:
-                    f = decode_frame(txn, track.name, int(i), self.clip.mask, None if lms is None else lms[i])
-                    if f is not None:
-                        out[k] = f
+                    decode_frame(txn, track.name, int(i), self.clip.mask, None if lms is None else lms[i], out[k])
         return out
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -457,8 +476,7 @@ class ClipDataset(Dataset):
             tj = draw_jitter(rng, aug.teacher_jitter, aug.teacher_jitter) if rng is not None else IDENTITY_JITTER
             sample["teacher_jitter"] = torch.tensor(tj[:2], dtype=torch.float64)
         mel = self.logmel(track)
-        sample["audio_features"] = torch.from_numpy(
-            audio_window(mel, float(track.times[frame]), self.clip.audio_columns))
+        sample["audio_db"] = torch.from_numpy(audio_window_db(mel, float(track.times[frame]), self.clip.audio_columns))
         lab = self.labels
         for k in lab:
             sample[k] = torch.as_tensor(lab[k][index])

@@ -61,11 +61,10 @@ def _check_landmarks(lm: np.ndarray) -> np.ndarray:
 
 def tsav_mask(lm: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """TSAV's line mask: black canvas, 1-px LINE_8 polylines of the parts in ``TSAV_PARTS``."""
-    lm = _check_landmarks(lm)
+    pts = np.round(_check_landmarks(lm)).astype(np.int32)  # rounded once: this runs per frame when clips are read
     mask = np.zeros((size, size), np.uint8)
     for idx, closed, grey in TSAV_PARTS:
-        pts = np.round(lm[list(idx)]).astype(np.int32)
-        cv2.polylines(mask, [pts], closed, int(grey), thickness=1, lineType=cv2.LINE_8)
+        cv2.polylines(mask, [pts[idx.start:idx.stop]], closed, grey, thickness=1, lineType=cv2.LINE_8)
     return mask
 
 

@@ -18,7 +18,9 @@ from data.clips import (
     DatasetError,
     EpochSampler,
     audio_window,
+    audio_window_db,
     color_jitter,
+    finish_audio,
     flip_frames,
     prepare_batch,
     sampling_weights,
@@ -78,10 +80,11 @@ def test_resize_and_mask_choice(db):
 
 def test_audio_window_is_centred_and_padded_on_the_correct_side(db):
     ds = ClipDataset(db, "train", "abaw2021", ClipConfig(audio_seconds=0.2))  # 21 columns
-    a = ds[index_of(ds, "a", 15)]["audio_features"][0, 0].numpy()  # t = 0.5 s → column 50
+    assert ds[0]["audio_db"].dtype == torch.float16  # half the bytes of the float32 model input
+    a = model_input(ds, index_of(ds, "a", 15))["audio_features"][0, 0].numpy()  # t = 0.5 s → column 50
     db_values = a * audio.NORM_STD + audio.NORM_MEAN
     np.testing.assert_allclose(db_values, np.arange(40, 61) / 10, atol=0.02)
-    first = ds[index_of(ds, "a", 0)]["audio_features"][0, 0].numpy() * audio.NORM_STD + audio.NORM_MEAN
+    first = model_input(ds, index_of(ds, "a", 0))["audio_features"][0, 0].numpy() * audio.NORM_STD + audio.NORM_MEAN
     # t = 0: the 10 columns before the audio are silence (floored 80 dB under the window maximum)
     np.testing.assert_allclose(first[:10], first[10:].max() - audio.TOP_DB, atol=0.02)
     np.testing.assert_allclose(first[10:], np.arange(0, 11) / 10, atol=0.02)
@@ -92,13 +95,15 @@ def test_audio_window_equals_data_audio_window_for_10_s():
     mel = rng.uniform(-90, 20, size=(64, 1500)).astype(np.float16)
     for t in (0.0, 2.3, 7.5, 14.99, 20.0):
         np.testing.assert_array_equal(audio_window(mel, t, 1001), audio.window(mel, t))
+        on_device = finish_audio(torch.from_numpy(audio_window_db(mel, t, 1001))[None])[0].numpy()
+        np.testing.assert_array_equal(on_device, audio.window(mel, t))
     np.testing.assert_array_equal(audio_window(None, 3.0, 1001), audio.silent_window())
     assert ClipConfig().audio_columns == 1001 and ClipConfig(audio_seconds=2).audio_columns == 201
 
 
 def test_video_without_audio_gets_the_silent_window(db):
     ds = ClipDataset(db, "val", "abaw2021", ClipConfig(audio_seconds=1))
-    a = ds[0]["audio_features"]
+    a = model_input(ds, 0)["audio_features"]
     assert a.shape == (1, 64, 101)
     torch.testing.assert_close(a, torch.full_like(a, (audio.SILENCE_DB - audio.NORM_MEAN) / audio.NORM_STD))
 
@@ -174,7 +179,7 @@ def test_device_preparation_jitters_each_clip_with_its_own_factors():
     clips = torch.randint(0, 256, (3, 4, 2, 8, 8), generator=g, dtype=torch.uint8)
     jitter = torch.tensor([[1.2, 0.9, 1.1, 0.05], [1.0, 1.0, 1.0, 0.0], [0.8, 1.0, 1.0, 0.0]])
     teacher = torch.tensor([[1.0, 1.0], [1.1, 0.9], [1.0, 1.0]])
-    out = prepare_batch({"clip": clips, "audio_features": torch.zeros(3, 1, 4, 5), "jitter": jitter,
+    out = prepare_batch({"clip": clips, "audio_db": torch.zeros(3, 1, 4, 5), "jitter": jitter,
                          "teacher_jitter": teacher}, torch.device("cpu"))
     base = clips.float() / 255
     mean, std = torch.tensor(MEAN).reshape(4, 1, 1, 1), torch.tensor(STD).reshape(4, 1, 1, 1)

@@ -50,7 +50,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from data import audio, build, store
-from data.clips import ClipConfig, ClipDataset, audio_window, close_stores, normalise, prepare_batch, resize_frames
+from data.clips import (
+    ClipConfig,
+    ClipDataset,
+    audio_window,
+    close_stores,
+    finish_audio,
+    normalise,
+    prepare_batch,
+    resize_frames,
+)
 from data.video import find_videos
 from models.losses import MultiTaskLoss
 from models.tsav import build_model, get_layout, to_channels_last
@@ -634,7 +643,7 @@ def input_difference(ours: dict, tsav: dict) -> dict:
     TSAV cuts the wav at the frame's exact time while ours slices the per-video log-mel at the nearest 10 ms
     column (up to 5 ms apart), and in the columns whose STFT frame reaches past the clip or the audio.
     """
-    a, b = ours["audio_features"], tsav["audio_features"]
+    a, b = finish_audio(ours["audio_db"]), tsav["audio_features"]
     clip = normalise(ours["clip"].float() / 255)  # ours leaves this to prepare_batch on the device
     return {"clip_max_abs": float((clip - tsav["clip"]).abs().max()),
             "audio_median_abs": float((a - b).abs().median()), "audio_max_abs": float((a - b).abs().max())}
@@ -682,7 +691,7 @@ def prepare_entry(args: argparse.Namespace, ours: ClipDataset, index: list[int])
     batch = torch.utils.data.default_collate([ours[i] for i in index[:args.loader_batch]])
     batch["jitter"][:, 0] = 1.1  # a brightness change in every clip: the jitter path, not the identity shortcut
 
-    secs = timed(lambda: prepare_batch({k: batch[k] for k in ("clip", "audio_features", "jitter")}, device),
+    secs = timed(lambda: prepare_batch({k: batch[k] for k in ("clip", "audio_db", "jitter")}, device),
                  args.repeats, max(args.warmup, 1), cuda_sync(device))
     return {"device": str(device), "clips_per_s": rates(len(batch["clip"]), secs)}
 

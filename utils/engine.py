@@ -343,7 +343,7 @@ def precise_bn(model: nn.Module, dataset: ClipDataset, index: list[int], args: a
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=index, num_workers=args.workers,
                         drop_last=len(index) > args.batch_size, generator=torch.Generator().manual_seed(args.seed))
     for batch in loader:
-        batch = prepare_batch({k: batch[k] for k in ("clip", "audio_features")}, device, args.channels_last)
+        batch = prepare_batch({k: batch[k] for k in ("clip", "audio_db")}, device, args.channels_last)
         with autocast(device, args.amp):
             model(batch)
     for b, m in zip(bns, momenta):

@@ -30,6 +30,7 @@ from data.clips import (
     CROP,
     ClipConfig,
     decode_frame,
+    finish_audio,
     flip_frames,
     landmarks_key,
     normalise,
@@ -110,10 +111,7 @@ def clip_batch(frames: torch.Tensor, targets: torch.Tensor, clip: ClipConfig, hi
 def audio_batch(mel_pad: torch.Tensor, centres: torch.Tensor, columns: int) -> torch.Tensor:
     """(B, 1, 64, columns) windows from a silence-padded log-mel (64, T + 2·half), floored and normalised."""
     idx = centres[:, None] + torch.arange(columns, device=mel_pad.device)[None]
-    db = mel_pad[:, idx].permute(1, 0, 2)  # B×64×W
-    floor = db.amax(dim=(1, 2), keepdim=True) - audio.TOP_DB
-    db = torch.maximum(db, floor)
-    return ((db - audio.NORM_MEAN) / audio.NORM_STD).unsqueeze(1)
+    return finish_audio(mel_pad[:, idx].permute(1, 0, 2)).unsqueeze(1)  # B×64×W → B×1×64×W
 
 
 def padded_mel(mel_db: np.ndarray | None, columns: int, last_centre: int, device: torch.device) -> torch.Tensor:

@@ -84,7 +84,7 @@ def predict_indices(model: nn.Module, dataset: ClipDataset, indices: np.ndarray 
                         pin_memory=device.type == "cuda", persistent_workers=False)
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in TASK_KEYS}
     for batch in _progress(loader, progress, "predict"):
-        batch = prepare_batch({k: batch[k] for k in ("clip", "audio_features")}, device, channels_last)
+        batch = prepare_batch({k: batch[k] for k in ("clip", "audio_db")}, device, channels_last)
         with autocast(device, amp):
             out = model(batch)
         for k, v in decode_outputs(out, layout, edition).items():
