@@ -89,10 +89,10 @@ def create_database_parser() -> argparse.ArgumentParser:
                    help="dlib face detector: HOG (fast, CPU) or the CNN/MMOD model (slow on CPU)")
     p.add_argument("--detect-every", type=_positive_int, default=5,
                    help="run the detector every k frames; landmarks follow the face in between")
-    p.add_argument("--masks", default="tsav,mtmt",
-                   help="comma-separated masks to store as PNG: tsav (lines), mtmt (filled regions), or none; "
-                        "training and inference draw a mask that is not stored from the stored landmarks "
-                        "(same pixels), so none saves ~1.5 KB per frame")
+    p.add_argument("--masks", default="none",
+                   help="masks to store as PNG besides the landmarks: none, or comma-separated tsav (lines), "
+                        "mtmt (filled regions); training and inference draw a mask that is not stored from the "
+                        "stored landmarks (same pixels), so none saves ~1.5 KB per frame")
     p.add_argument("--jpeg-quality", type=int, default=95, choices=range(50, 101), metavar="50-100",
                    help="JPEG quality of the stored 112x112 crops (95 as TSAV; 85 stores ~40%% fewer bytes)")
     p.add_argument("--shard", type=_shard_spec, default=None,

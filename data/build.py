@@ -68,7 +68,7 @@ class VideoJob:
 
 @dataclass
 class BuildOptions:
-    masks: tuple[str, ...] = ("tsav", "mtmt")  # stored as PNG; readers draw the others from the landmarks
+    masks: tuple[str, ...] = ()  # stored as PNG; readers draw the others from the landmarks
     detector: str = "hog"
     detect_every: int = 5
     limit_frames: int | None = None  # debugging: stop after this many frames
@@ -257,6 +257,7 @@ class TrackWriter:
         self.landmarks: list[np.ndarray] = []
         self.affines: list[np.ndarray] = []
         self.confidence: list[float] = []
+        self.group: dict[int, dict[str, bytes]] = {}  # slot → part → bytes of the frames not yet written
 
     def add(self, index: int, crop: np.ndarray | None, lm_crop: np.ndarray | None, conf: float = 0.0,
             affine: np.ndarray | None = None) -> None:
@@ -267,18 +268,28 @@ class TrackWriter:
         self.confidence.append(conf if crop is not None else 0.0)
         self.landmarks.append(np.full((68, 2), np.nan, np.float32) if lm_crop is None else lm_crop)
         self.affines.append(np.full((2, 3), np.nan, np.float32) if affine is None else affine)
-        if crop is None:
-            return
-        self.rec.items.append((store.frame_key(self.track, index, "rgb"), encode_jpeg(crop, self.jpeg_quality)))
-        self.timer.lap("encode")
-        for kind in self.mask_kinds:
-            m = masks.render(kind, lm_crop)  # from the landmarks as stored, so readers can redraw it
-            self.timer.lap("masks")
-            self.rec.items.append((store.frame_key(self.track, index, kind), masks.encode_png(m)))
+        if crop is not None:
+            parts = {"rgb": encode_jpeg(crop, self.jpeg_quality)}
             self.timer.lap("encode")
+            for kind in self.mask_kinds:
+                m = masks.render(kind, lm_crop)  # from the landmarks as stored, so readers can redraw it
+                self.timer.lap("masks")
+                parts[kind] = masks.encode_png(m)
+                self.timer.lap("encode")
+            self.group[index % store.FRAMES_PER_VALUE] = parts
+        if index % store.FRAMES_PER_VALUE == store.FRAMES_PER_VALUE - 1:
+            self._flush(index)
+
+    def _flush(self, index: int) -> None:
+        """Write the group of frame ``index`` (nothing when none of its frames has a face)."""
+        if self.group:
+            self.rec.items.append((store.group_key(self.track, index), store.pack_frames(self.group)))
+        self.group = {}
 
     def finish(self) -> int:
-        """Store the per-frame arrays; returns the number of frames with a face."""
+        """Store the last frames and the per-frame arrays; returns the number of frames with a face."""
+        if self.has_face:
+            self._flush(len(self.has_face) - 1)
         face = np.array(self.has_face, bool)
         key = store.track_key(self.track)
         self.rec.put_array(key + b"/face", face)

@@ -176,11 +176,15 @@ def decode_frame(txn, track: str, index: int, mask: str, landmarks: np.ndarray |
     The mask is the stored PNG, or drawn from ``landmarks`` (the frame's 68 crop landmarks) when given:
     for databases that do not store that mask type. ``out``: a contiguous 112×112×4 array to fill.
     """
-    rgb_b = txn.get(store.frame_key(track, index, "rgb"))
+    value = txn.get(store.group_key(track, index))
+    if value is None:
+        return None
+    slot = index % store.FRAMES_PER_VALUE
+    rgb_b = store.unpack_frame(value, slot, "rgb")
     if rgb_b is None:
         return None
     if landmarks is None:
-        mask_b = txn.get(store.frame_key(track, index, mask))
+        mask_b = store.unpack_frame(value, slot, mask)
         if mask_b is None:
             return None
         grey = masks.decode_png(mask_b)
@@ -338,6 +342,9 @@ class ClipDataset(Dataset):
         schema = db.schema()
         if schema is None:
             raise DatasetError(f"{self.db_path}: not a database built by create_database.py (no schema record)")
+        if schema.get("version") != store.SCHEMA_VERSION:
+            raise DatasetError(f"{self.db_path}: built by an older create_database.py (schema version "
+                               f"{schema.get('version')}, this code reads {store.SCHEMA_VERSION}); rebuild it")
         if self.clip.mask not in schema.get("masks", []):  # not stored: drawn from the landmarks
             self.draw_mask = True
 

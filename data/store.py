@@ -24,10 +24,14 @@ indices (annotation line k+1 and official crop ``%05d.jpg`` number k+1 both mean
     t/<track>/confidence             npy   float16 (n,) face confidence in [0, 1] (0: no face)
     t/<track>/label/<TASK>/values    npy   labels fitted to n frames (sentinels kept)
     t/<track>/label/<TASK>/valid     npy   validity mask
-    f/<track>/<%06d>/rgb             JPEG  112x112 RGB crop (quality 95 unless --jpeg-quality); only
-                                           frames with a face
-    f/<track>/<%06d>/<mask>          PNG   112x112 grey mask, for the masks in the schema (--masks);
-                                           readers draw the others from the landmarks (same pixels)
+    f/<track>/<%06d>                 group of FRAMES_PER_VALUE (8) consecutive frames from that index
+                                           (``pack_frames``/``read_frame``), per frame with a face:
+                                           rgb   JPEG 112x112 RGB crop (quality 95 unless --jpeg-quality)
+                                           <mask> PNG 112x112 grey mask, for the masks in the schema
+                                           (--masks); readers draw the others from the landmarks
+                                           A group without any face is not stored. One value per 8
+                                           frames instead of one per part: LMDB rounds every value over
+                                           ~2 KiB up to whole 4 KiB pages.
 
 A track is a video name, or ``<video>_left`` / ``<video>_right`` for two-person videos.
 
@@ -43,6 +47,7 @@ import hashlib
 import io
 import json
 import os
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +55,9 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: frames packed FRAMES_PER_VALUE to a value (1: a value per frame and part)
 SCHEMA_KEY = b"__schema__"
+FRAMES_PER_VALUE = 8  # one LMDB value holds 8 consecutive frames' parts: no half-empty 4 KiB page per crop
 INITIAL_MAP_SIZE = 1 << 30  # grows by doubling when full
 
 # Meta fields that do not describe the content: left out of the sha256 (timings, where the file was).
@@ -66,8 +72,76 @@ def track_key(track: str) -> bytes:
     return f"t/{track}".encode()
 
 
-def frame_key(track: str, index: int, part: str) -> bytes:
-    return f"f/{track}/{index:06d}/{part}".encode()
+def group_key(track: str, index: int) -> bytes:
+    """Key of the value holding frame ``index`` of a track (named by the group's first frame)."""
+    return f"f/{track}/{index - index % FRAMES_PER_VALUE:06d}".encode()
+
+
+_GROUP_MAGIC = b"FG"
+
+
+def pack_frames(frames: dict[int, dict[str, bytes]]) -> bytes:
+    """One group's value: {slot in the group (0..FRAMES_PER_VALUE-1): {part: bytes}} → header + payload.
+
+    Header: b"FG", uint8 number of parts, uint8 slots, each part name (uint8 length + ASCII), then
+    uint32 offsets into the payload of slot-major (slot, part) entries plus the end; an absent part or
+    frame has length 0.
+    """
+    parts = sorted({p for f in frames.values() for p in f})
+    head = bytearray(_GROUP_MAGIC + struct.pack("<BB", len(parts), FRAMES_PER_VALUE))
+    for p in parts:
+        head += struct.pack("<B", len(p)) + p.encode()
+    offsets, payload, pos = [], [], 0
+    for slot in range(FRAMES_PER_VALUE):
+        for p in parts:
+            b = frames.get(slot, {}).get(p, b"")
+            offsets.append(pos)
+            payload.append(b)
+            pos += len(b)
+    offsets.append(pos)
+    return bytes(head) + struct.pack(f"<{len(offsets)}I", *offsets) + b"".join(payload)
+
+
+def _group_header(mv: memoryview) -> tuple[list[str], int, int]:
+    """(part names, slots, position of the offset table) of a group value."""
+    if bytes(mv[:2]) != _GROUP_MAGIC:
+        raise ValueError("not a frame group value (database built by another version?)")
+    n_parts, n_slots = mv[2], mv[3]
+    pos, names = 4, []
+    for _ in range(n_parts):
+        n = mv[pos]
+        names.append(bytes(mv[pos + 1:pos + 1 + n]).decode())
+        pos += 1 + n
+    return names, n_slots, pos
+
+
+def unpack_frame(value: bytes | memoryview, slot: int, part: str) -> memoryview | None:
+    """The ``part`` bytes of ``slot`` in a group value (a view, no copy), None when absent."""
+    mv = memoryview(value)
+    names, n_slots, pos = _group_header(mv)
+    if part not in names or not 0 <= slot < n_slots:
+        return None
+    entry = slot * len(names) + names.index(part)
+    start, end = struct.unpack_from("<II", mv, pos + 4 * entry)
+    base = pos + 4 * (n_slots * len(names) + 1)
+    return mv[base + start:base + end] if end > start else None
+
+
+def group_part_bytes(value: bytes | memoryview) -> dict[str, int]:
+    """Bytes per part in a group value, and of its header ('header')."""
+    mv = memoryview(value)
+    names, n_slots, pos = _group_header(mv)
+    offsets = struct.unpack_from(f"<{n_slots * len(names) + 1}I", mv, pos)
+    out = {"header": pos + 4 * len(offsets)}
+    for k, name in enumerate(names):
+        out[name] = sum(offsets[e + 1] - offsets[e] for e in range(k, n_slots * len(names), len(names)))
+    return out
+
+
+def read_frame(txn, track: str, index: int, part: str) -> memoryview | None:
+    """A stored frame part ('rgb' JPEG, 'tsav'/'mtmt' PNG) read inside ``txn``; None when not stored."""
+    value = txn.get(group_key(track, index))
+    return None if value is None else unpack_frame(value, index % FRAMES_PER_VALUE, part)
 
 
 def array_to_bytes(a: np.ndarray) -> bytes:

@@ -11,6 +11,11 @@ import pytest
 from data import store
 
 
+def fkey(track: str, i: int) -> bytes:
+    """A key under the track's frame prefix (the store handles any value there)."""
+    return f"f/{track}/{i:06d}".encode()
+
+
 def record(name: str, tracks: list[str], frames: int = 3, payload: int = 10, status: str = "ok",
            faces: int | None = None) -> store.VideoRecord:
     """A small, valid video record with ``frames`` frames per track, each with a face."""
@@ -24,7 +29,7 @@ def record(name: str, tracks: list[str], frames: int = 3, payload: int = 10, sta
         rec.put_array(store.track_key(t) + b"/face", np.ones(frames, bool))
         rec.put_json(store.track_key(t), {"video": name, "faces": frames, "frames": frames, "labels": {}})
         for i in range(frames):
-            rec.items.append((store.frame_key(t, i, "rgb"), bytes([i % 256]) * payload))
+            rec.items.append((fkey(t, i), bytes([i % 256]) * payload))
     meta.update(frames=frames, faces=frames * len(tracks) if faces is None else faces, audio=False)
     meta["stats"]["bytes"] = sum(len(k) + len(v) for k, v in rec.items)
     return rec
@@ -39,9 +44,25 @@ def test_keys_and_arrays_roundtrip(tmp_path):
         assert db.video_names() == ["a"]
         assert db.video_meta("a")["sha256"] == sha
         np.testing.assert_array_equal(db.get_array(b"v/a/times"), np.arange(3) / 30.0)
-        assert db.get(store.frame_key("a", 2, "rgb")) == b"\x02" * 10
+        assert db.get(fkey("a", 2)) == b"\x02" * 10
         assert db.verify("a")
-        assert store.frame_key("x_left", 7, "mtmt") == b"f/x_left/000007/mtmt"
+
+
+def test_frames_are_packed_eight_to_a_value(tmp_path):
+    assert store.group_key("x_left", 7) == b"f/x_left/000000" and store.group_key("x", 8) == b"f/x/000008"
+    frames = {0: {"rgb": b"jpeg0", "tsav": b"png0"}, 3: {"rgb": b"jpeg3"}, 7: {"rgb": b"j" * 5000, "tsav": b"p7"}}
+    value = store.pack_frames(frames)
+    for slot in range(store.FRAMES_PER_VALUE):
+        for part in ("rgb", "tsav", "mtmt"):
+            got = store.unpack_frame(value, slot, part)
+            want = frames.get(slot, {}).get(part)
+            assert (None if got is None else bytes(got)) == want
+    assert store.group_part_bytes(value) == {"header": len(value) - 5016, "rgb": 5010, "tsav": 6}
+    with store.Store(tmp_path / "db", readonly=False) as db:
+        db._transaction([(store.group_key("t", 16), value)])
+        with db.env.begin(buffers=True) as txn:
+            assert bytes(store.read_frame(txn, "t", 23, "rgb")) == b"j" * 5000
+            assert store.read_frame(txn, "t", 17, "rgb") is None and store.read_frame(txn, "t", 5, "rgb") is None
 
 
 def test_names_that_prefix_each_other(tmp_path):
@@ -53,7 +74,7 @@ def test_names_that_prefix_each_other(tmp_path):
         db.write_video(record("ab", ["ab_left", "ab_right"], frames=3))
         assert db.video_names() == ["a", "a-2", "a.x", "ab"]
         keys = [k for k, _ in db.video_items("a")]
-        assert keys == sorted([b"t/a", b"t/a/face", b"v/a/times", b"f/a/000000/rgb", b"f/a/000001/rgb"])
+        assert keys == sorted([b"t/a", b"t/a/face", b"v/a/times", b"f/a/000000", b"f/a/000001"])
         assert len(db.video_items("ab")) == 1 + 2 * (2 + 3)
         db.delete_video("a")
         assert db.video_names() == ["a-2", "a.x", "ab"]
@@ -78,12 +99,12 @@ def test_map_grows_when_full(tmp_path):
     rng = np.random.default_rng(0)
     big = store.VideoRecord("big", {"name": "big", "tracks": ["big"], "status": "ok"})
     blobs = [rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes() for _ in range(10)]
-    big.items = [(store.frame_key("big", i, "rgb"), b) for i, b in enumerate(blobs)]
+    big.items = [(fkey("big", i), b) for i, b in enumerate(blobs)]
     with store.Store(tmp_path / "db", readonly=False, map_size=64 * 1024) as db:
         db.write_video(record("small", ["small"]))
         db.write_video(big)
         assert db.env.info()["map_size"] >= 1_000_000
-        assert db.get(store.frame_key("big", 9, "rgb")) == blobs[9]
+        assert db.get(fkey("big", 9)) == blobs[9]
     with store.Store(tmp_path / "db") as db:  # a reader opening with the default map size sees it all
         assert db.video_names() == ["big", "small"] and db.verify("big") and db.verify("small")
 
@@ -121,7 +142,7 @@ def test_copy_from_checks_sha_and_keeps_ok_videos(tmp_path):
         b.write_video(record("y", ["y"]))
         assert b.copy_from(a) == 1  # x copied; the ok y is not replaced by a's failed y
         assert b.video_meta("y")["status"] == "ok" and b.verify("x")
-        a._transaction([(store.frame_key("x", 0, "rgb"), b"tampered")])
+        a._transaction([(fkey("x", 0), b"tampered")])
         with pytest.raises(ValueError, match="sha256"):
             b.copy_from(a)
 

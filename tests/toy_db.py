@@ -84,11 +84,15 @@ def add_video(db: store.Store, name: str, tracks: dict[str, dict[str, str]], n: 
     for track, splits in tracks.items():
         face = np.array([i not in no_face for i in range(n)])
         rec.put_array(store.track_key(track) + b"/face", face)
+        groups: dict[int, dict[int, dict[str, bytes]]] = {}
         for i in np.flatnonzero(face):
-            rec.items.append((store.frame_key(track, int(i), "rgb"), jpeg(frame_rgb(int(i)))))
+            parts = {"rgb": jpeg(frame_rgb(int(i)))}
             for kind in mask_kinds:
                 m = tsav_mask() if kind == "tsav" else np.full((112, 112), masks.MTMT_EYES, np.uint8)
-                rec.items.append((store.frame_key(track, int(i), kind), masks.encode_png(m)))
+                parts[kind] = masks.encode_png(m)
+            groups.setdefault(int(i) // store.FRAMES_PER_VALUE, {})[int(i) % store.FRAMES_PER_VALUE] = parts
+        for g, frames in groups.items():
+            rec.items.append((store.group_key(track, g * store.FRAMES_PER_VALUE), store.pack_frames(frames)))
         labels = labels_for(n, other_at=other_at)
         meta_labels = {}
         for task, split in splits.items():

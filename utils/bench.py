@@ -313,8 +313,9 @@ def export_tsav(db_path: Path, out: Path, mask: str = "tsav") -> dict:
                 sizes = {"crop": [], "mask": []}
                 with db.env.begin() as txn:
                     for i in range(len(face)):
-                        crop = txn.get(store.frame_key(track, i, "rgb")) if face[i] else None
-                        png = txn.get(store.frame_key(track, i, mask)) if face[i] else None
+                        crop = store.read_frame(txn, track, i, "rgb") if face[i] else None
+                        png = store.read_frame(txn, track, i, mask) if face[i] else None
+                        crop, png = (None if b is None else bytes(b) for b in (crop, png))
                         crop_b = crop if crop is not None else black_crop
                         mask_b = encode(decode_png(png), TSAV_MASK_QUALITY) if png is not None else black_mask
                         (folder / f"{i:05d}.jpg").write_bytes(crop_b)
@@ -447,9 +448,10 @@ class BackendTimer:
             self.backend.__dict__.pop(name, None)
 
 
-# create_database.py settings whose bytes the preprocess benchmark reports besides the default (both masks
-# stored, JPEG q95): flags --masks and --jpeg-quality.
-STORAGE_VARIANTS = {"--masks none": ((), 95), "--masks none --jpeg-quality 90": ((), 90),
+# create_database.py settings whose bytes the preprocess benchmark reports besides the benchmark database's
+# (both masks stored as PNG, for the TSAV export and the mask comparison; JPEG q95): flags --masks and
+# --jpeg-quality. The first one is create_database.py's default.
+STORAGE_VARIANTS = {"--masks none (default)": ((), 95), "--masks none --jpeg-quality 90": ((), 90),
                     "--masks none --jpeg-quality 85": ((), 85)}
 
 PRE_STAGES = ("decode", "detect", "landmarks", "track", "align", "masks", "encode", "audio", "write", "other")
@@ -487,9 +489,13 @@ def db_bytes(db_path: Path) -> dict:
             meta = db.video_meta(video)
             track_frames += meta.get("frames", 0) * len(meta.get("tracks", []))
         for k, v in db.scan(b""):
-            parts = k.split(b"/")
-            kind = parts[-1].decode() if parts[0] == b"f" else ("logmel" if k.endswith(b"/logmel") else "other")
-            kinds[kind] += len(k) + len(v)
+            if k.startswith(b"f/"):  # a group of frames: count each part, the key and header as 'other'
+                sizes = store.group_part_bytes(v)
+                kinds["other"] += len(k) + sizes.pop("header")
+                for part, n in sizes.items():
+                    kinds[part] += n
+            else:
+                kinds["logmel" if k.endswith(b"/logmel") else "other"] += len(k) + len(v)
         used = db.disk_bytes()
     st = (db_path / "data.mdb").stat()
     return {"track_frames": track_frames, "stored": dict(kinds), "stored_total": sum(kinds.values()),
@@ -552,11 +558,12 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
 def crop_psnr(db_path: Path, reference: Path) -> float:
     """Mean PSNR (dB) of a database's crops against the same frames' crops in ``reference``."""
     values = []
-    with store.Store(db_path) as a, store.Store(reference) as b:
-        for k, v in a.scan(b"f/"):
-            if k.endswith(b"/rgb"):
-                ref = b.get(k)
-                values.append(cv2.PSNR(build.decode_jpeg(v), build.decode_jpeg(ref)))
+    with store.Store(db_path) as a, store.Store(reference) as b, a.env.begin() as ta, b.env.begin() as tb:
+        for video in a.video_names():
+            for track in a.video_meta(video)["tracks"]:
+                for i in np.flatnonzero(a.get_array(store.track_key(track) + b"/face")):
+                    mine, ref = store.read_frame(ta, track, int(i), "rgb"), store.read_frame(tb, track, int(i), "rgb")
+                    values.append(cv2.PSNR(build.decode_jpeg(mine), build.decode_jpeg(ref)))
     return float(np.mean(values)) if values else math.nan
 
 
@@ -591,7 +598,7 @@ def print_preprocess(r: dict) -> None:
     b = r["bytes_per_frame"]
     kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(b["ours_by_kind"].items(), key=lambda kv: -kv[1]))
     print_table(f"bytes per track frame ({r['track_frames']} track frames)", ["layout", "raw", "on disk"], [
-        ["ours: LMDB (rgb JPEG q95 + tsav/mtmt PNG masks + arrays + log-mel)", f"{b['ours_stored']:.0f}",
+        ["ours --masks tsav,mtmt: LMDB (rgb JPEG q95 + 2 PNG masks + arrays + log-mel)", f"{b['ours_stored']:.0f}",
          f"{b['ours_disk']:.0f}"],
         ["TSAV: crop JPEG q95 + mask JPEG q100 (4 KiB blocks on disk)", f"{b['tsav_images_raw']:.0f}",
          f"{b['tsav_images_disk']:.0f}"],

@@ -205,7 +205,7 @@ class ArrayWriter:
         frame = np.zeros((112, 112, 4), np.uint8)
         if crop is not None:
             frame[..., :3] = crop
-            frame[..., 3] = masks.tsav_mask(lm_crop) if self.mask == "tsav" else masks.mtmt_mask(lm_crop)
+            frame[..., 3] = masks.render(self.mask, lm_crop)  # as a database reader would draw it
         self.frames.append(frame)
         self.face.append(crop is not None)
         self.confidence.append(conf if crop is not None else 0.0)
