@@ -105,7 +105,8 @@ def run(args) -> int:
                               args.tsav_alignment)
     jobs = build.select_shard(jobs, build.parse_shard(args.shard))[: args.limit]
     options = build.BuildOptions(masks=kinds, detector=args.detector, detect_every=args.detect_every,
-                                 limit_frames=args.limit_frames, jpeg_quality=args.jpeg_quality)
+                                 limit_frames=args.limit_frames, crop_format=args.crop_format,
+                                 crop_quality=args.crop_quality)
     t0 = time.perf_counter()
     metas = build.build(jobs, args.out, options, workers=args.workers)
     if not metas:

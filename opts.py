@@ -93,8 +93,11 @@ def create_database_parser() -> argparse.ArgumentParser:
                    help="masks to store as PNG besides the landmarks: none, or comma-separated tsav (lines), "
                         "mtmt (filled regions); training and inference draw a mask that is not stored from the "
                         "stored landmarks (same pixels), so none saves ~1.5 KB per frame")
-    p.add_argument("--jpeg-quality", type=int, default=95, choices=range(50, 101), metavar="50-100",
-                   help="JPEG quality of the stored 112x112 crops (95 as TSAV; 85 stores ~40%% fewer bytes)")
+    p.add_argument("--crop-format", choices=("jpeg", "webp"), default="jpeg",
+                   help="codec of the stored 112x112 crops: jpeg (as TSAV; fastest to decode) or webp (about half "
+                        "the bytes at the same fidelity, 2x slower to decode: see README, benchmarks)")
+    p.add_argument("--crop-quality", type=int, default=95, choices=range(50, 101), metavar="50-100",
+                   help="quality of the stored crops (95 as TSAV)")
     p.add_argument("--shard", type=_shard_spec, default=None,
                    help="K/N: build only every N-th video (sorted by name) starting at K (0-based)")
     p.add_argument("--merge", nargs="+", default=None, metavar="SHARD_DB",

@@ -47,7 +47,8 @@ from data.video import TRACK_SUFFIXES, find_videos, video_of_track
 
 log = logging.getLogger(__name__)
 
-JPEG_QUALITY = 95
+CROP_FORMATS = {"jpeg": (".jpg", cv2.IMWRITE_JPEG_QUALITY), "webp": (".webp", cv2.IMWRITE_WEBP_QUALITY)}
+CROP_FORMAT, CROP_QUALITY = "jpeg", 95  # TSAV's: JPEG quality 95
 TEST_SPLIT = "test"
 TSAV_PICKLE_SUFFIXES = (".pkl", "_alignment_mask.pkl")
 
@@ -72,13 +73,14 @@ class BuildOptions:
     detector: str = "hog"
     detect_every: int = 5
     limit_frames: int | None = None  # debugging: stop after this many frames
-    jpeg_quality: int = JPEG_QUALITY
+    crop_format: str = CROP_FORMAT
+    crop_quality: int = CROP_QUALITY
 
     def content(self) -> dict:
         """The options (besides masks, which the schema fixes) that change what is stored."""
         out = {"detector": self.detector, "detect_every": self.detect_every, "limit_frames": self.limit_frames}
-        if self.jpeg_quality != JPEG_QUALITY:  # absent at the default: databases built before the flag stay valid
-            out["jpeg_quality"] = self.jpeg_quality
+        if (self.crop_format, self.crop_quality) != (CROP_FORMAT, CROP_QUALITY):
+            out["crop"] = f"{self.crop_format}:{self.crop_quality}"
         return out
 
 
@@ -235,14 +237,17 @@ class Timer:
         self._t = now
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+def encode_crop(rgb: np.ndarray, fmt: str = CROP_FORMAT, quality: int = CROP_QUALITY) -> bytes:
+    """A 112×112 RGB crop as JPEG or WebP bytes (readers tell them apart by their signature)."""
+    ext, flag = CROP_FORMATS[fmt]
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [flag, quality])
     if not ok:
-        raise RuntimeError("JPEG encoding failed")
+        raise RuntimeError(f"{fmt} encoding failed")
     return buf.tobytes()
 
 
-def decode_jpeg(b: bytes) -> np.ndarray:
+def decode_crop(b: bytes) -> np.ndarray:
+    """Stored crop bytes (JPEG or WebP) → RGB uint8."""
     return cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
@@ -250,9 +255,9 @@ class TrackWriter:
     """Collects one track's per-frame outputs: crops, masks, landmarks, has_face."""
 
     def __init__(self, track: str, mask_kinds: tuple[str, ...], rec: store.VideoRecord, timer: Timer,
-                 jpeg_quality: int = JPEG_QUALITY):
+                 crop_format: str = CROP_FORMAT, crop_quality: int = CROP_QUALITY):
         self.track, self.mask_kinds, self.rec, self.timer = track, mask_kinds, rec, timer
-        self.jpeg_quality = jpeg_quality
+        self.crop_format, self.crop_quality = crop_format, crop_quality
         self.has_face: list[bool] = []
         self.landmarks: list[np.ndarray] = []
         self.affines: list[np.ndarray] = []
@@ -269,7 +274,7 @@ class TrackWriter:
         self.landmarks.append(np.full((68, 2), np.nan, np.float32) if lm_crop is None else lm_crop)
         self.affines.append(np.full((2, 3), np.nan, np.float32) if affine is None else affine)
         if crop is not None:
-            parts = {"rgb": encode_jpeg(crop, self.jpeg_quality)}
+            parts = {"rgb": encode_crop(crop, self.crop_format, self.crop_quality)}
             self.timer.lap("encode")
             for kind in self.mask_kinds:
                 m = masks.render(kind, lm_crop)  # from the landmarks as stored, so readers can redraw it
@@ -454,7 +459,7 @@ def process_video(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
     rec = new_record(job, opts)
     try:
         info = video.probe(job.path)
-        writers = {t: TrackWriter(t, opts.masks, rec, timer, opts.jpeg_quality) for t in job.tracks}
+        writers = {t: TrackWriter(t, opts.masks, rec, timer, opts.crop_format, opts.crop_quality) for t in job.tracks}
         times: list[float] = []
         counters = RUNNERS[job.source](job, opts, writers, timer, times)
         n = len(times)

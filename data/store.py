@@ -26,7 +26,7 @@ indices (annotation line k+1 and official crop ``%05d.jpg`` number k+1 both mean
     t/<track>/label/<TASK>/valid     npy   validity mask
     f/<track>/<%06d>                 group of FRAMES_PER_VALUE (8) consecutive frames from that index
                                            (``pack_frames``/``read_frame``), per frame with a face:
-                                           rgb   JPEG 112x112 RGB crop (quality 95 unless --jpeg-quality)
+                                           rgb   112x112 RGB crop, JPEG q95 (--crop-format/quality)
                                            <mask> PNG 112x112 grey mask, for the masks in the schema
                                            (--masks); readers draw the others from the landmarks
                                            A group without any face is not stored. One value per 8

@@ -79,7 +79,7 @@ def decoded_frames(path: Path) -> int:
 
 
 def jpeg(b: bytes) -> np.ndarray:
-    return build.decode_jpeg(b).astype(np.float64)
+    return build.decode_crop(b).astype(np.float64)
 
 
 # --- fixtures -------------------------------------------------------------------------------------
@@ -111,11 +111,12 @@ def ref(mini_quick, ann, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def stored_masks(mini_quick, ann, tmp_path_factory) -> Path:
-    """Two videos' first 40 frames with both masks stored as PNG and crops at JPEG quality 85."""
+    """Two videos' first 40 frames with both masks stored as PNG and WebP crops (quality 90)."""
     tmp = tmp_path_factory.mktemp("stored")
     out = tmp / "db"
     assert cli("--videos", subset(mini_quick, [TWO, "video2"], tmp / "v"), "--annotations", ann, "--out", out,
-               "--workers", 1, "--masks", "tsav,mtmt", "--jpeg-quality", 85, "--limit-frames", 40) == 0
+               "--workers", 1, "--masks", "tsav,mtmt", "--crop-format", "webp", "--crop-quality", 90,
+               "--limit-frames", 40) == 0
     return out
 
 
@@ -200,7 +201,7 @@ def test_masks_are_lossless_pngs_with_exact_levels(stored_masks):
                     assert m.shape == (112, 112) and m.dtype == np.uint8
                     assert set(np.unique(m)) <= levels
                     seen[kind] |= set(np.unique(m).tolist())
-                rgb = build.decode_jpeg(part(db, track, i, "rgb"))
+                rgb = build.decode_crop(part(db, track, i, "rgb"))
                 assert rgb.shape == (112, 112, 3)
     assert seen["tsav"] == TSAV_LEVELS and seen["mtmt"] == MTMT_LEVELS
 
@@ -216,7 +217,8 @@ def test_masks_not_stored_are_drawn_when_read_with_the_same_pixels(stored_masks,
         faces = sorted(frame_parts(d, track))
         small = [len(part(d, track, i, "rgb")) for i in faces]
         full = [len(part(r, track, i, "rgb")) for i in faces]
-        assert sum(small) < 0.8 * sum(full)  # --jpeg-quality 85 vs the default 95
+        assert sum(small) < 0.6 * sum(full)  # WebP q90 vs the default JPEG q95
+        assert bytes(part(d, track, faces[0], "rgb"))[8:12] == b"WEBP"
         assert np.mean([cv2.PSNR(jpeg(part(d, track, i, "rgb")), jpeg(part(r, track, i, "rgb"))) for i in faces]) > 35
     for kind in ("tsav", "mtmt"):
         cfg = ClipConfig(clip_len=4, dilation=6, mask=kind)
