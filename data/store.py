@@ -368,6 +368,10 @@ class Store:
         want = {"version": SCHEMA_VERSION, "masks": sorted(masks)}
         if have is None:
             self._transaction([(SCHEMA_KEY, json.dumps(want, sort_keys=True).encode())])
+        elif have.get("version") != SCHEMA_VERSION:
+            raise ValueError(f"{self.path}: built by another version of create_database.py (schema version "
+                             f"{have.get('version')}, this one writes {SCHEMA_VERSION}); delete it or use another "
+                             "--out")
         elif have != want:
             raise ValueError(f"{self.path}: existing database has schema {have}, this run wants {want}; "
                              "use another --out or the same --masks")

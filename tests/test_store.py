@@ -133,6 +133,9 @@ def test_schema_mismatch_is_refused(tmp_path):
         db.write_schema(["mtmt", "tsav"])  # order does not matter
         with pytest.raises(ValueError, match="--masks"):
             db.write_schema(["tsav"])
+        db._transaction([(store.SCHEMA_KEY, json.dumps({"version": 1, "masks": ["mtmt", "tsav"]}).encode())])
+        with pytest.raises(ValueError, match="schema version 1.*delete it"):
+            db.write_schema(["tsav", "mtmt"])
 
 
 def test_copy_from_checks_sha_and_keeps_ok_videos(tmp_path):
