@@ -254,10 +254,8 @@ def decode_crop(b: bytes) -> np.ndarray:
 class TrackWriter:
     """Collects one track's per-frame outputs: crops, masks, landmarks, has_face."""
 
-    def __init__(self, track: str, mask_kinds: tuple[str, ...], rec: store.VideoRecord, timer: Timer,
-                 crop_format: str = CROP_FORMAT, crop_quality: int = CROP_QUALITY):
-        self.track, self.mask_kinds, self.rec, self.timer = track, mask_kinds, rec, timer
-        self.crop_format, self.crop_quality = crop_format, crop_quality
+    def __init__(self, track: str, opts: BuildOptions, rec: store.VideoRecord, timer: Timer):
+        self.track, self.opts, self.rec, self.timer = track, opts, rec, timer
         self.has_face: list[bool] = []
         self.landmarks: list[np.ndarray] = []
         self.affines: list[np.ndarray] = []
@@ -274,9 +272,9 @@ class TrackWriter:
         self.landmarks.append(np.full((68, 2), np.nan, np.float32) if lm_crop is None else lm_crop)
         self.affines.append(np.full((2, 3), np.nan, np.float32) if affine is None else affine)
         if crop is not None:
-            parts = {"rgb": encode_crop(crop, self.crop_format, self.crop_quality)}
+            parts = {"rgb": encode_crop(crop, self.opts.crop_format, self.opts.crop_quality)}
             self.timer.lap("encode")
-            for kind in self.mask_kinds:
+            for kind in self.opts.masks:
                 m = masks.render(kind, lm_crop)  # from the landmarks as stored, so readers can redraw it
                 self.timer.lap("masks")
                 parts[kind] = masks.encode_png(m)
@@ -459,7 +457,7 @@ def process_video(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
     rec = new_record(job, opts)
     try:
         info = video.probe(job.path)
-        writers = {t: TrackWriter(t, opts.masks, rec, timer, opts.crop_format, opts.crop_quality) for t in job.tracks}
+        writers = {t: TrackWriter(t, opts, rec, timer) for t in job.tracks}
         times: list[float] = []
         counters = RUNNERS[job.source](job, opts, writers, timer, times)
         n = len(times)

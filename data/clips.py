@@ -200,6 +200,19 @@ def landmarks_key(track: str) -> bytes:
     return store.track_key(track) + b"/landmarks"
 
 
+def mask_is_stored(db: store.Store, mask: str) -> bool:
+    """Whether the database stores ``mask`` as PNG; if not, readers draw it from the landmarks."""
+    return mask in (db.schema() or {}).get("masks", [])
+
+
+def read_frames(txn, track: str, rows: list[tuple[int, int]], mask: str, draw_mask: bool, out: np.ndarray) -> None:
+    """Decode frames of a track into ``out`` (N×112×112×4 uint8): ``rows`` = (row of out, frame index) of the
+    frames with a face; the mask is read as PNG or, with ``draw_mask``, drawn from the stored landmarks."""
+    lms = store.array_view(txn.get(landmarks_key(track))) if draw_mask and rows else None
+    for row, i in rows:
+        decode_frame(txn, track, i, mask, None if lms is None else lms[i], out[row])
+
+
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """T×H×W×4 uint8 → T×size×size×4 (area interpolation; at small sizes mask levels blend)."""
     if frames.shape[1] == size and frames.shape[2] == size:
@@ -345,11 +358,12 @@ class ClipDataset(Dataset):
         if schema.get("version") != store.SCHEMA_VERSION:
             raise DatasetError(f"{self.db_path}: built by an older create_database.py (schema version "
                                f"{schema.get('version')}, this code reads {store.SCHEMA_VERSION}); rebuild it")
-        if self.clip.mask not in schema.get("masks", []):  # not stored: drawn from the landmarks
+        if not mask_is_stored(db, self.clip.mask):
             self.draw_mask = True
 
     def _check_landmarks(self, db: store.Store) -> None:
-        missing = [t.name for t in self.tracks if db.get(landmarks_key(t.name)) is None]
+        with db.env.begin(buffers=True) as txn:  # buffers: no copy of every track's landmarks at start-up
+            missing = [t.name for t in self.tracks if txn.get(landmarks_key(t.name)) is None]
         if missing:
             raise DatasetError(f"{self.db_path}: built with masks {db.schema().get('masks')} and without landmarks "
                                f"for {', '.join(missing[:5])}, so the {self.clip.mask!r} mask cannot be drawn; "
@@ -458,11 +472,10 @@ class ClipDataset(Dataset):
         """T×112×112×4 uint8 of the clip ending at ``frame`` (zeros for missing frames)."""
         track = self.tracks[t]
         out = np.zeros((self.clip.clip_len, CROP, CROP, 4), np.uint8)
+        rows = [(k, int(i)) for k, i in enumerate(frame + self.clip.frame_offsets())
+                if 0 <= i < len(track.face) and track.face[i]]
         with self.db.env.begin(buffers=True) as txn:
-            lms = store.array_view(txn.get(landmarks_key(track.name))) if self.draw_mask else None
-            for k, i in enumerate(frame + self.clip.frame_offsets()):
-                if 0 <= i < len(track.face) and track.face[i]:
-                    decode_frame(txn, track.name, int(i), self.clip.mask, None if lms is None else lms[i], out[k])
+            read_frames(txn, track.name, rows, self.clip.mask, self.draw_mask, out)
         return out
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:

@@ -29,12 +29,12 @@ from data import audio, store
 from data.clips import (
     CROP,
     ClipConfig,
-    decode_frame,
     finish_audio,
     flip_frames,
-    landmarks_key,
+    mask_is_stored,
     normalise,
     open_store,
+    read_frames,
     resize_frames,
 )
 from models.tsav import OutputLayout, model_layout, split_outputs
@@ -75,8 +75,7 @@ class ChunkFrames(Dataset):
         self.source, self.clip, self.chunk = source, clip, chunk
         self.history = (clip.clip_len - 1) * clip.dilation
         self.starts = list(range(0, len(source), chunk))
-        self.draw_mask = (source.db_path is not None  # a mask type the database does not store: drawn
-                          and clip.mask not in (open_store(source.db_path).schema() or {}).get("masks", []))
+        self.draw_mask = source.db_path is not None and not mask_is_stored(open_store(source.db_path), clip.mask)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -85,18 +84,14 @@ class ChunkFrames(Dataset):
         c0 = self.starts[k]
         c1 = min(c0 + self.chunk, len(self.source))
         out = np.zeros((self.history + c1 - c0, CROP, CROP, 4), np.uint8)
-        lo = max(0, c0 - self.history)
+        lo, base = max(0, c0 - self.history), c0 - self.history  # base: the frame in row 0 of out
         src = self.source
         if src.frames is not None:
-            out[lo - (c0 - self.history):] = src.frames[lo:c1] * src.face[lo:c1, None, None, None]
+            out[lo - base:] = src.frames[lo:c1] * src.face[lo:c1, None, None, None]
         else:
+            rows = [(i - base, i) for i in range(lo, c1) if src.face[i]]
             with open_store(src.db_path).env.begin(buffers=True) as txn:
-                lms = store.array_view(txn.get(landmarks_key(src.name))) if self.draw_mask else None
-                for i in range(lo, c1):
-                    if src.face[i]:
-                        f = decode_frame(txn, src.name, i, self.clip.mask, None if lms is None else lms[i])
-                        if f is not None:
-                            out[i - (c0 - self.history)] = f
+                read_frames(txn, src.name, rows, self.clip.mask, self.draw_mask, out)
         return torch.from_numpy(resize_frames(out, self.clip.size))
 
 
