@@ -305,7 +305,8 @@ def prepare_batch(batch: dict[str, torch.Tensor], device: torch.device, channels
         for k in ("clip", "teacher_clip"):
             if k in out:
                 out[k] = out[k].contiguous(memory_format=torch.channels_last_3d)
-        out["audio_features"] = out["audio_features"].contiguous(memory_format=torch.channels_last)
+        if "audio_features" in out:
+            out["audio_features"] = out["audio_features"].contiguous(memory_format=torch.channels_last)
     return out
 
 

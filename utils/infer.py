@@ -29,11 +29,10 @@ from data import audio, store
 from data.clips import (
     CROP,
     ClipConfig,
-    finish_audio,
     flip_frames,
     mask_is_stored,
-    normalise,
     open_store,
+    prepare_batch,
     read_frames,
     resize_frames,
 )
@@ -96,17 +95,16 @@ class ChunkFrames(Dataset):
 
 
 def clip_batch(frames: torch.Tensor, targets: torch.Tensor, clip: ClipConfig, history: int) -> torch.Tensor:
-    """Gather clips: frames (H + C, S, S, 4) uint8, targets = chunk-local frame numbers → (B, 4, T, S, S)."""
+    """Gather clips: frames (H + C, S, S, 4) uint8, targets = chunk-local frame numbers → uint8 (B, 4, T, S, S)."""
     offsets = torch.as_tensor(clip.frame_offsets(), device=frames.device)
     x = frames[(targets[:, None] + history + offsets[None]).reshape(-1)]
-    x = x.reshape(len(targets), clip.clip_len, *frames.shape[1:]).permute(0, 4, 1, 2, 3)  # B×4×T×S×S
-    return normalise(x.float().div_(255)).contiguous()
+    return x.reshape(len(targets), clip.clip_len, *frames.shape[1:]).permute(0, 4, 1, 2, 3).contiguous()
 
 
 def audio_batch(mel_pad: torch.Tensor, centres: torch.Tensor, columns: int) -> torch.Tensor:
-    """(B, 1, 64, columns) windows from a silence-padded log-mel (64, T + 2·half), floored and normalised."""
+    """(B, 1, 64, columns) dB windows sliced from a silence-padded log-mel (64, T + 2·half)."""
     idx = centres[:, None] + torch.arange(columns, device=mel_pad.device)[None]
-    return finish_audio(mel_pad[:, idx].permute(1, 0, 2)).unsqueeze(1)  # B×64×W → B×1×64×W
+    return mel_pad[:, idx].permute(1, 0, 2).unsqueeze(1)  # B×64×W → B×1×64×W
 
 
 def padded_mel(mel_db: np.ndarray | None, columns: int, last_centre: int, device: torch.device) -> torch.Tensor:
@@ -141,18 +139,19 @@ def predict_source(model: nn.Module, source: TrackSource, clip: ClipConfig, batc
     centres = torch.as_tensor([audio.centre_column(float(t)) for t in source.times], device=device)
     mel = padded_mel(source.mel_db, columns, int(centres.max()), device)
     collected: dict[str, list[torch.Tensor]] = {"va": [], "expr_prob": [], "au_prob": [], "logits": []}
-    for k, frames in enumerate(loader):
-        frames = frames.to(device, non_blocking=True)
-        flipped = torch.from_numpy(flip_frames(frames.cpu().numpy(), clip.mask)).to(device) if flip_tta else None
+    for k, host in enumerate(loader):
+        frames = host.to(device, non_blocking=True)
+        flipped = torch.from_numpy(flip_frames(host.numpy(), clip.mask)).to(device) if flip_tta else None
         c0 = chunks.starts[k]
         for b0 in range(0, len(frames) - chunks.history, batch_size):
             targets = torch.arange(b0, min(b0 + batch_size, len(frames) - chunks.history), device=device)
-            batch = {"clip": clip_batch(frames, targets, clip, chunks.history),
-                     "audio_features": audio_batch(mel, centres[c0 + targets], columns)}
-            out = run_model(model, batch, layout, device, amp, channels_last)
+            batch = prepare_batch({"clip": clip_batch(frames, targets, clip, chunks.history),
+                                   "audio_db": audio_batch(mel, centres[c0 + targets], columns)}, device, channels_last)
+            out = run_model(model, batch, layout, device, amp)
             if flipped is not None:
-                batch["clip"] = clip_batch(flipped, targets, clip, chunks.history)
-                out_f = run_model(model, batch, layout, device, amp, channels_last)
+                batch["clip"] = prepare_batch({"clip": clip_batch(flipped, targets, clip, chunks.history)}, device,
+                                              channels_last)["clip"]
+                out_f = run_model(model, batch, layout, device, amp)
                 out = {k: (out[k] + out_f[k]) / 2 for k in out}
             for key, v in out.items():
                 collected[key].append(v.cpu())
@@ -160,10 +159,7 @@ def predict_source(model: nn.Module, source: TrackSource, clip: ClipConfig, batc
 
 
 def run_model(model: nn.Module, batch: dict[str, torch.Tensor], layout: OutputLayout, device: torch.device,
-              amp: str, channels_last: bool) -> dict[str, torch.Tensor]:
-    if channels_last:
-        batch = {"clip": batch["clip"].contiguous(memory_format=torch.channels_last_3d),
-                 "audio_features": batch["audio_features"].contiguous(memory_format=torch.channels_last)}
+              amp: str) -> dict[str, torch.Tensor]:
     with autocast(device, amp):
         out = model(batch)
     raw = out[0] if isinstance(out, tuple) else out
