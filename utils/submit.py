@@ -23,21 +23,21 @@ import torch
 from tqdm import tqdm
 
 from data import audio, masks, video
+from data.annotations import TASKS
 from data.clips import ClipConfig, open_store
 from models.tsav import OutputLayout, get_layout, model_layout
 from utils import infer, video_report
 from utils.metrics import Edition, format_scores, get_edition, write_json
-from utils.predict import load_model, split_tracks
+from utils.predict import edition_au_columns, load_model, split_tracks
 from utils.submission import (
     check_submission,
     read_test_list,
     score_submission,
+    swap_in,
     task_of_list,
     write_per_video,
     write_single_file,
 )
-
-TASKS = ("VA", "EXPR", "AU")
 
 
 class PredictError(ValueError):
@@ -52,18 +52,22 @@ def pick_device(name: str) -> torch.device:
 
 def serve_columns(layout: OutputLayout, edition: Edition) -> tuple[int, list[int]]:
     """(EXPR classes to argmax over, AU columns of the layout in the edition's order); error if impossible."""
-    missing = [a for a in edition.au_names if a not in layout.au_names]
-    if missing:
+    try:
+        au_cols = edition_au_columns(layout, edition)
+    except ValueError:
+        missing = [a for a in edition.au_names if a not in layout.au_names]
         raise PredictError(f"a checkpoint with layout {layout.name!r} cannot serve {edition.name}: it has no "
-                           f"output for {','.join(missing)}")
-    return min(layout.num_expr_classes, len(edition.expr_names)), [layout.au_names.index(a)
-                                                                   for a in edition.au_names]
+                           f"output for {','.join(missing)}") from None
+    return min(layout.num_expr_classes, len(edition.expr_names)), au_cols
 
 
 def to_edition(preds: dict[str, np.ndarray], layout: OutputLayout, edition: Edition,
-               au_threshold: float) -> dict[str, np.ndarray]:
-    """Per-frame outputs → {'VA': (n, 2), 'EXPR': (n,) class codes, 'AU': (n, k) 0/1} for an edition."""
-    n_classes, au_cols = serve_columns(layout, edition)
+               au_threshold: float, columns: tuple[int, list[int]] | None = None) -> dict[str, np.ndarray]:
+    """Per-frame outputs → {'VA': (n, 2), 'EXPR': (n,) class codes, 'AU': (n, k) 0/1} for an edition.
+
+    ``columns``: ``serve_columns(layout, edition)`` when already computed.
+    """
+    n_classes, au_cols = columns if columns is not None else serve_columns(layout, edition)
     return {"VA": np.clip(preds["va"], -1, 1),
             "EXPR": preds["expr_prob"][:, :n_classes].argmax(1),
             "AU": (preds["au_prob"][:, au_cols] >= au_threshold).astype(np.int64)}
@@ -72,8 +76,8 @@ def to_edition(preds: dict[str, np.ndarray], layout: OutputLayout, edition: Edit
 def test_tracks(db_path: str, test_lists: list[str]) -> dict[str, list[str]]:
     """{task: tracks} for the test split: from the lists (task from the file name), else every unlabelled track."""
     db = open_store(db_path)
-    in_db = {t for v in db.video_names() if db.video_meta(v).get("status") == "ok"
-             for t in db.video_meta(v).get("tracks", [])}
+    metas = (db.video_meta(v) for v in db.video_names())
+    in_db = {t for meta in metas if meta.get("status") == "ok" for t in meta.get("tracks", [])}
     if not test_lists:
         unlabelled = sorted(t for t in in_db if not (db.track_meta(t) or {}).get("labels"))
         return {task: unlabelled for task in TASKS} if unlabelled else {}
@@ -83,7 +87,8 @@ def test_tracks(db_path: str, test_lists: list[str]) -> dict[str, list[str]]:
         missing = [t for t in tracks if t not in in_db]
         if missing:
             raise PredictError(f"{f}: tracks not in {db_path}: {', '.join(missing[:10])}")
-        for task in [task_of_list(f)] if task_of_list(f) else TASKS:
+        list_task = task_of_list(f)
+        for task in [list_task] if list_task else TASKS:
             out.setdefault(task, set()).update(tracks)
     return {task: sorted(v) for task, v in out.items()}
 
@@ -101,16 +106,6 @@ def stage_dir(out: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     return staging
-
-
-def publish(staging: Path, out: Path) -> None:
-    """Replace ``out`` by the finished staging folder (the old one is removed only after the swap)."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.rename(out, old)
-    os.rename(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_submission(folder: Path, preds: dict[str, dict[str, np.ndarray]], edition: Edition, fmt: str) -> Path:
@@ -135,7 +130,7 @@ def run_split(args: argparse.Namespace) -> dict:
     model.to(device)
     layout = get_layout(model_layout(model))
     edition = get_edition(args.edition)
-    serve_columns(layout, edition)  # fail before any work
+    columns = serve_columns(layout, edition)  # fail before any work
     wanted = tracks_of_split(args.db, args.split, args.test_lists)
     if args.tracks is not None:
         unknown = sorted(set(args.tracks) - {t for ts in wanted.values() for t in ts})
@@ -154,7 +149,7 @@ def run_split(args: argparse.Namespace) -> dict:
         preds = infer.predict_source(model, source, clip, args.batch_size, args.chunk, args.workers, device,
                                      args.amp, args.channels_last, args.flip_tta)
         preds = infer.smooth(preds, args.smooth)
-        decoded = to_edition(preds, layout, edition, args.au_threshold)
+        decoded = to_edition(preds, layout, edition, args.au_threshold, columns)
         for task, ts in wanted.items():
             if track in ts:
                 subs[task][track] = decoded[task]
@@ -167,7 +162,7 @@ def run_split(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - t0
     expected = {task: {t: len(subs[task][t]) for t in ts} for task, ts in wanted.items()}
     problems = check_submission(staging / "submission", edition, expected)
-    publish(staging, out)
+    swap_in(staging, out)  # the old output is removed only after the swap
     print_rows(rows, ["track", "frames", "faces", "seconds", "frames/s"])
     print(f"\n{len(tracks)} tracks, {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s) → "
           f"{out / 'submission'}; checker: {len(problems)} problem(s)")

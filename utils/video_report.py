@@ -165,8 +165,7 @@ def write_overlay(src: str | Path, out: str | Path, boxes: np.ndarray, preds: di
                     break
                 bgr = frame.to_ndarray(format="bgr24")[: vout.height, : vout.width].copy()
                 names = [n for n, on in zip(au_names, au_on[i]) if on]
-                draw_predictions(bgr, boxes[i] if i < len(boxes) else None, preds["va"][i], expr_names[expr[i]],
-                                 names)
+                draw_predictions(bgr, boxes[i], preds["va"][i], expr_names[expr[i]], names)
                 new = av.VideoFrame.from_ndarray(bgr, format="bgr24")
                 new.pts = frame.pts  # original timestamps keep the copied audio in sync
                 new.time_base = vin.time_base
