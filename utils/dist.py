@@ -86,15 +86,6 @@ def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, t.tolist()))
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """``obj`` of rank ``src`` on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy ``src``'s buffers (BatchNorm running statistics) to every rank, in place.
 

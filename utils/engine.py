@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -52,8 +53,8 @@ from models.tsav import (
     unwrap_model,
 )
 from utils import dist
-from utils.metrics import Edition, au_scores, expr_scores, get_edition, va_scores
-from utils.predict import autocast, edition_au_columns, predict_indices
+from utils.metrics import Edition, au_scores, expr_scores, get_edition, total_score, va_scores
+from utils.predict import autocast, edition_au_columns, predict_indices, progress_bar
 
 EDITION_OF_LAYOUT = {"abaw2020": "abaw2020", "abaw2021": "abaw2021", "mtmt": "abaw2021", "abaw3": "abaw3"}
 CHECKPOINT_FORMAT = 1
@@ -263,11 +264,15 @@ def read_resume(path: str, args: argparse.Namespace, layout: OutputLayout) -> di
 def train_one_epoch(model: nn.Module, teacher: MeanTeacher | None, criterion: MultiTaskLoss, loader: DataLoader,
                     optimizer, scheduler, scaler, state: TrainState, args: argparse.Namespace,
                     device: torch.device, layout: OutputLayout, tb, progress: bool) -> dict[str, float]:
-    """One pass over the epoch's draws; returns mean losses over its steps."""
+    """One pass over the epoch's draws; returns mean losses over its steps.
+
+    Losses are summed on the device (float64) and read back only when logged, so a step does not wait
+    for the device just to log.
+    """
     model.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor | float] = {}
     steps = len(loader)
-    bar = _bar(loader, progress, f"epoch {state.epoch}")
+    bar = progress_bar(loader, progress, f"epoch {state.epoch}")
     for i, batch in enumerate(bar):
         batch = prepare_batch(batch, device, args.channels_last)
         inputs = {"clip": batch["clip"], "audio_features": batch["audio_features"]}
@@ -285,7 +290,7 @@ def train_one_epoch(model: nn.Module, teacher: MeanTeacher | None, criterion: Mu
                                        au_reduction=args.au_reduction)
             weight = sigmoid_rampup(state.epoch + i / steps, args.consistency_weight, args.rampup_epochs)
             loss = loss + weight * cons
-            logs.update(consistency=cons.detach(), consistency_weight=torch.tensor(weight))
+            logs.update(consistency=cons.detach(), consistency_weight=weight)
         elif isinstance(out, tuple) and args.rank_weight:  # MTMT head without a teacher: rank term alone
             loss = loss + args.rank_weight * rank_regularization(out[1])
         if not torch.isfinite(loss) and args.amp != "fp16":  # fp16 overflows are the scaler's to skip
@@ -302,24 +307,15 @@ def train_one_epoch(model: nn.Module, teacher: MeanTeacher | None, criterion: Mu
             teacher.update(model)
         state.step += 1
         logs["loss"] = loss.detach()
-        values = {k: float(v) for k, v in logs.items()}
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{values['loss']:.3f}")
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + (v.double() if torch.is_tensor(v) else v)
+        if progress:
+            bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
         if tb is not None and state.step % args.log_every == 0:
-            for k, v in values.items():
-                tb.add_scalar(f"train/{k}", v, state.step)
+            for k, v in logs.items():
+                tb.add_scalar(f"train/{k}", float(v), state.step)
             tb.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state.step)
-    return {k: v / max(steps, 1) for k, v in sums.items()}
-
-
-def _bar(loader, enabled: bool, desc: str):
-    if not enabled:
-        return loader
-    from tqdm import tqdm
-
-    return tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+    return {k: float(v) / max(steps, 1) for k, v in sums.items()}
 
 
 @torch.no_grad()
@@ -360,8 +356,7 @@ def score_predictions(preds: dict[str, np.ndarray], dataset: ClipDataset, indice
                  "va": va_scores(preds["VA"], lab["va"], lab["va_valid"]),
                  "expr": expr_scores(preds["EXPR"], lab["expr"], lab["expr_valid"], edition),
                  "au": au_scores(preds["AU"], lab["au"][:, cols].astype(np.int64), lab["au_valid"][:, cols], edition)}
-    defined = [out[k]["score"] for k in ("va", "expr", "au") if not math.isnan(out[k]["score"])]
-    out["total"] = float(sum(defined)) if defined else math.nan
+    out["total"] = total_score(out)
     return out
 
 
@@ -371,14 +366,11 @@ def evaluate(model: nn.Module, dataset: ClipDataset, indices: np.ndarray, editio
     mine = indices[info.rank::info.world_size]
     preds = predict_indices(model, dataset, mine, edition, args.eval_batch_size, info.device, args.workers,
                             args.amp, args.channels_last, progress=args.progress and info.is_main)
-    parts = dist.all_gather_objects((mine, preds))
-    scores = None
-    if info.is_main:
-        order = np.concatenate([p[0] for p in parts])
-        merged = {k: np.concatenate([p[1][k] for p in parts]) for k in preds}
-        sort = np.argsort(order, kind="stable")
-        scores = score_predictions({k: v[sort] for k, v in merged.items()}, dataset, order[sort], edition)
-    return dist.broadcast_object(scores)
+    parts = dist.all_gather_objects((mine, preds))  # every rank gets every rank's predictions
+    order = np.concatenate([p[0] for p in parts])
+    merged = {k: np.concatenate([p[1][k] for p in parts]) for k in preds}
+    sort = np.argsort(order, kind="stable")
+    return score_predictions({k: v[sort] for k, v in merged.items()}, dataset, order[sort], edition)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -455,8 +447,13 @@ class Run:
     state: TrainState
 
     def log(self, msg: str) -> None:
-        if self.info.is_main:
-            print(msg, flush=True)
+        log_main(self.info, msg)
+
+
+def log_main(info: dist.DistInfo, msg: str) -> None:
+    """Print ``msg`` on rank 0 only."""
+    if info.is_main:
+        print(msg, flush=True)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -478,11 +475,7 @@ def run(args: argparse.Namespace) -> dict:
 def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
     """Data, model, teacher, optimiser, schedule; restored from ``--resume``. Every input check happens here."""
     args = resolve(args, info.device)
-
-    def log(msg: str) -> None:
-        if info.is_main:
-            print(msg, flush=True)
-
+    log = functools.partial(log_main, info)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -570,6 +563,10 @@ def train(r: Run) -> dict:
                         persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed))
     last_epoch = args.epochs if not args.stop_after else min(args.epochs, state.epoch + args.stop_after)
     stopped_early = False
+    bn_sampler = None
+    if args.precise_bn:  # un-augmented training clips for precise BN; its draws depend on (seed + 1, epoch) only
+        bn_sampler = EpochSampler(r.sampler.p, args.precise_bn * args.batch_size * info.world_size,
+                                  args.seed + 1, info.rank, info.world_size)
     try:
         while state.epoch < last_epoch:
             epoch, t0 = state.epoch, time.time()
@@ -582,9 +579,7 @@ def train(r: Run) -> dict:
             if r.teacher is not None:
                 dist.broadcast_buffers(r.teacher.teacher)
             chosen = selected_model(r.model, r.teacher, args.select)
-            if args.precise_bn:
-                bn_sampler = EpochSampler(r.sampler.p, args.precise_bn * args.batch_size * info.world_size,
-                                          args.seed + 1, info.rank, info.world_size)
+            if bn_sampler is not None:
                 bn_sampler.set_epoch(epoch)
                 draws, _ = bn_sampler.draws()  # plain ints: clips without augmentation
                 precise_bn(chosen, r.train_set, draws.tolist(), args, info.device)

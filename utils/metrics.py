@@ -213,9 +213,14 @@ def score(preds: dict[str, dict], truths: dict[str, dict[str, TrackLabels]],
             out[key] = expr_scores(p, t, v, ed)
         else:
             out[key] = au_scores(p, t, v, ed)
-    defined = [out[k]["score"] for k in ("va", "expr", "au") if k in out and not math.isnan(out[k]["score"])]
-    out["total"] = float(sum(defined)) if defined else math.nan
+    out["total"] = total_score(out)
     return out
+
+
+def total_score(out: dict) -> float:
+    """Sum of the defined (not NaN) task scores among "va", "expr", "au" of ``out``; NaN when none is."""
+    defined = [out[k]["score"] for k in ("va", "expr", "au") if k in out and not math.isnan(out[k]["score"])]
+    return float(sum(defined)) if defined else math.nan
 
 
 def nan_to_none(obj: object) -> object:

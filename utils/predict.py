@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,7 @@ def predict_indices(model: nn.Module, dataset: ClipDataset, indices: np.ndarray 
     loader = DataLoader(dataset, batch_size=batch_size, sampler=list(map(int, indices)), num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in TASK_KEYS}
-    for batch in _progress(loader, progress, "predict"):
+    for batch in progress_bar(loader, progress, "predict"):
         batch = prepare_batch({k: batch[k] for k in ("clip", "audio_db")}, device, channels_last)
         with autocast(device, amp):
             out = model(batch)
@@ -94,12 +94,13 @@ def predict_indices(model: nn.Module, dataset: ClipDataset, indices: np.ndarray 
     return {k: np.concatenate(v) if v else np.zeros((0,) + width[k]) for k, v in chunks.items()}
 
 
-def _progress(it, enabled: bool, desc: str) -> Iterator:
+def progress_bar(it: Iterable, enabled: bool, desc: str) -> Iterable:
+    """A tqdm bar over ``it`` (``set_postfix`` works on it) when ``enabled``, else ``it`` itself."""
     if not enabled:
-        return iter(it)
+        return it
     from tqdm import tqdm
 
-    return iter(tqdm(it, desc=desc, unit="batch", dynamic_ncols=True, leave=False))
+    return tqdm(it, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
 
 
 def fill_faceless(preds: dict[str, np.ndarray], face: np.ndarray) -> dict[str, np.ndarray]:
