@@ -3,7 +3,11 @@
     python train.py --db demo_out/db --output-dir runs/tsav
     torchrun --nproc_per_node 4 train.py --db DB --output-dir runs/mtmt --model mtmt --ssl mean_teacher ...
 
-Exit codes: 0 done; 2 bad arguments or inputs (reported before any training step).
+An --output-dir that holds a run already (config.json, last.pth, best.pth, log.csv or tb/) is refused
+unless --resume continues a checkpoint in it or --overwrite replaces it (utils.run_dir).
+
+Exit codes: 0 done; 2 bad arguments or inputs, an output folder holding another run (reported before any
+training step).
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.paths import safe_component, safe_image_name
+
 log = logging.getLogger(__name__)
 
 TASKS = ("VA", "EXPR", "AU")
@@ -52,6 +54,13 @@ MTL_FILES = {
     "Validation_Set": "validation_set_annotations.txt",
 }
 MTL_HEADER = "image,valence,arousal,expression,aus"
+
+# A label file whose line count differs from its video's frame count by at most this many lines (or 1 % of
+# the frames, for long videos) is normal: the official files differ from decoded videos by a few lines.
+# A larger difference is logged as a WARNING (the file may belong to another video, or be cut short), and
+# evaluate.py --pred refuses predictions that leave more labelled frames than this unscored.
+LENGTH_SLACK_LINES = 10
+LENGTH_SLACK_FRACTION = 0.01
 
 
 class AnnotationError(ValueError):
@@ -127,17 +136,51 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
+def length_tolerance(n_frames: int) -> int:
+    """Lines a label file may differ from its video's frame count before it is suspicious."""
+    return max(LENGTH_SLACK_LINES, int(LENGTH_SLACK_FRACTION * n_frames))
+
+
+def out_of_range(task: str, names: tuple[str, ...], raw: np.ndarray) -> np.ndarray:
+    """Per row of raw numbers: whether a value is neither a valid label nor the task's invalid marker."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if task == "VA":
+        bad = ~np.isfinite(raw) | ((raw != VA_INVALID) & ((raw < -1.0) | (raw > 1.0)))
+    elif task == "EXPR":
+        code = (raw == np.round(raw)) & (raw >= 0) & (raw < len(names))
+        bad = ~(code | (raw == EXPR_INVALID))
+    else:
+        bad = ~np.isin(raw, (0.0, 1.0, float(AU_INVALID)))
+    return bad.reshape(len(raw), -1).any(axis=1)
+
+
+def warn_out_of_range(path: Path, line_numbers: list[int], lines: dict[int, str]) -> None:
+    """One WARNING per file: how many lines hold out-of-range or NaN values, and the first of them."""
+    if line_numbers:
+        first = line_numbers[0]
+        log.warning("%s:%d: %d line%s with values out of range or not a number (first: %r); read as invalid "
+                    "labels", path, first, len(line_numbers), "s" * (len(line_numbers) != 1),
+                    lines[first].strip())
+
+
 def labels_from_array(track: str, task: str, split: str, names: tuple[str, ...], raw: np.ndarray,
                       source: str = "") -> TrackLabels:
-    """Build a TrackLabels from raw numbers (sentinels included), deriving the validity mask."""
+    """Build a TrackLabels from raw numbers (sentinels included), deriving the validity mask.
+
+    Numbers that are neither a valid label nor the invalid marker (VA 7.5, NaN, EXPR 2.5, AU 0.5) become
+    the invalid marker, so no cast can turn them into a valid label (NaN → AU 0, 2.5 → class 2).
+    """
+    raw = np.asarray(raw, dtype=np.float64)
     if task == "VA":
-        values = raw.reshape(-1, 2).astype(np.float32)
+        values = np.where(np.isfinite(raw), raw, VA_INVALID).reshape(-1, 2).astype(np.float32)
         valid = np.all((values >= -1.0) & (values <= 1.0), axis=1)
     elif task == "EXPR":
-        values = raw.reshape(-1).astype(np.int64)
+        flat = raw.reshape(-1)
+        values = np.where(out_of_range(task, names, flat), EXPR_INVALID, flat).astype(np.int64)
         valid = (values >= 0) & (values < len(names))
     elif task == "AU":
-        values = raw.reshape(-1, len(names)).astype(np.int8)
+        grid = raw.reshape(-1, len(names))
+        values = np.where(np.isin(grid, (0.0, 1.0)), grid, AU_INVALID).astype(np.int8)
         valid = (values == 0) | (values == 1)
     else:
         raise ValueError(f"unknown task {task!r}")
@@ -158,6 +201,8 @@ def read_label_file(path: str | Path, split: str = "", task: str | None = None) 
     if found == "EXPR" and np.any(raw != np.round(raw)):
         bad = int(np.flatnonzero(raw != np.round(raw))[0])
         raise AnnotationError(f"{path}:{bad + 2}: expression code must be an integer")
+    bad_lines = [int(i) + 2 for i in np.flatnonzero(out_of_range(found, names, raw))]
+    warn_out_of_range(path, bad_lines, dict(enumerate(lines, start=1)))
     return labels_from_array(path.stem, found, split, names, raw, str(path))
 
 
@@ -188,6 +233,10 @@ def read_task_split(task_dir: str | Path, task: str, split: str) -> dict[str, Tr
         return {}
     out = {}
     for f in sorted(split_dir.glob("*.txt")):
+        try:  # the file name is the track name, which later names files and folders of the outputs
+            safe_component(f.stem, str(f))
+        except ValueError as e:
+            raise AnnotationError(str(e)) from None
         out[f.stem] = read_label_file(f, split=split, task=task)
     return out
 
@@ -202,11 +251,14 @@ def find_mtl_file(root: str | Path, split: str) -> Path | None:
 
 
 def frame_number(image: str, path: Path, line_no: int) -> tuple[str, int]:
-    """``video/00001.jpg`` → (``video``, 1)."""
-    m = re.fullmatch(r"\s*(.+)/(\d+)\.(?:jpg|png)\s*", image)
-    if not m:
-        raise AnnotationError(f"{path}:{line_no}: bad image name {image!r} (expected video/00001.jpg)")
-    return m.group(1), int(m.group(2))
+    """``video/00001.jpg`` → (``video``, 1); the track must be a plain name (it becomes a path component)."""
+    try:
+        track, frame = safe_image_name(image.strip())
+    except ValueError as e:
+        raise AnnotationError(f"{path}:{line_no}: bad image name: {e}") from None
+    if frame < 1:
+        raise AnnotationError(f"{path}:{line_no}: bad image name {image.strip()!r}: frames are numbered from 1")
+    return track, frame
 
 
 def read_mtl_file(path: str | Path, split: str = "") -> dict[str, dict[str, TrackLabels]]:
@@ -219,13 +271,15 @@ def read_mtl_file(path: str | Path, split: str = "") -> dict[str, dict[str, Trac
     lines = _read_lines(path)
     if lines[0].strip().replace(" ", "") != MTL_HEADER:
         raise AnnotationError(f"{path}:1: expected header {MTL_HEADER!r}, got {lines[0].strip()!r}")
-    rows: dict[str, list[tuple[int, list[float]]]] = {}
+    rows: dict[str, list[tuple[int, np.ndarray]]] = {}
     n_cols = 2 + 1 + len(AU_NAMES_12)
+    table = _parse_rows([line.partition(",")[2] for line in lines[1:]], path, n_cols, first_line=2)
     for i, line in enumerate(lines[1:], start=2):
-        image, _, rest = line.partition(",")
-        track, frame = frame_number(image, path, i)
-        vals = _parse_rows([rest], path, n_cols, first_line=i)[0]
-        rows.setdefault(track, []).append((frame, vals))
+        track, frame = frame_number(line.partition(",")[0], path, i)
+        rows.setdefault(track, []).append((frame, table[i - 2]))
+    bad = (out_of_range("VA", VA_NAMES, table[:, 0:2]) | out_of_range("EXPR", EXPR_NAMES_8, table[:, 2])
+           | out_of_range("AU", AU_NAMES_12, table[:, 3:]))
+    warn_out_of_range(path, [int(i) + 2 for i in np.flatnonzero(bad)], dict(enumerate(lines, start=1)))
     out: dict[str, dict[str, TrackLabels]] = {t: {} for t in TASKS}
     for track, items in rows.items():
         n = max(f for f, _ in items)
@@ -282,12 +336,29 @@ def invalid_row(task: str, names: tuple[str, ...]) -> np.ndarray:
 
 
 def fit_length(labels: TrackLabels, n_frames: int) -> TrackLabels:
-    """Pad with invalid rows or truncate so there is exactly one label per decoded frame; logs it."""
+    """Pad with invalid rows or truncate so there is exactly one label per decoded frame; logs it.
+
+    INFO for a difference within ``length_tolerance`` (normal), WARNING beyond it.
+    """
     n = len(labels)
     if n == n_frames:
         return labels
-    log.info("%s: %s has %d label lines for %d frames, %s", labels.source or labels.track, labels.task, n,
-             n_frames, "padding with invalid" if n < n_frames else "truncating")
+    action = "padding with invalid" if n < n_frames else "truncating"
+    where = labels.source or labels.track
+    if abs(n - n_frames) > length_tolerance(n_frames):
+        log.warning("%s: %s has %d label lines for %d frames (%+d, more than the %d tolerated): check that the "
+                    "file belongs to this video; %s", where, labels.task, n, n_frames, n - n_frames,
+                    length_tolerance(n_frames), action)
+    else:
+        log.info("%s: %s has %d label lines for %d frames, %s", where, labels.task, n, n_frames, action)
+    return pad_or_truncate(labels, n_frames)
+
+
+def pad_or_truncate(labels: TrackLabels, n_frames: int) -> TrackLabels:
+    """``labels`` cut to ``n_frames`` rows or padded with invalid rows, without logging."""
+    n = len(labels)
+    if n == n_frames:
+        return labels
     if n > n_frames:
         return replace(labels, values=labels.values[:n_frames], valid=labels.valid[:n_frames])
     pad = n_frames - n
@@ -298,10 +369,23 @@ def fit_length(labels: TrackLabels, n_frames: int) -> TrackLabels:
 
 
 def read_video_list(path: str | Path) -> list[str]:
-    """A test-set list: one video/track name per line (an optional extension is dropped)."""
+    """A test-set list: one video/track name per line (an optional extension is dropped), or one image
+    (``track/00001.jpg``, maybe followed by ``,columns``) per line.
+
+    Every name must be a plain one (it becomes a path component later): AnnotationError naming the line.
+    """
     names = []
-    for line in Path(path).read_text().splitlines():
-        name = line.strip()
-        if name and not name.startswith("#"):
-            names.append(re.sub(r"\.(mp4|avi|mkv|mov)$", "", name, flags=re.I))
+    for i, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        name = line.split(",")[0].strip()
+        if not name or name.startswith("#") or (i == 1 and "," in line and "/" not in name):
+            continue  # blank, comment, or a CSV header (image,valence,...)
+        name = re.sub(r"\.(mp4|avi|mkv|mov)$", "", name, flags=re.I)
+        try:
+            if "/" in name or "\\" in name:
+                safe_image_name(name)
+            else:
+                safe_component(name)
+        except ValueError as e:
+            raise AnnotationError(f"{path}:{i}: {e}") from None
+        names.append(name)
     return names

@@ -1,5 +1,6 @@
 """Annotation parsing for every Aff-Wild2 layout (SPEC §1), built on small files written here."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,73 @@ def test_split_names_and_video_lists(tmp_path):
         A.canonical_split("Test_Set")
     (tmp_path / "list.txt").write_text("vid1.mp4\n\nvid2_left\n# comment\n")
     assert A.read_video_list(tmp_path / "list.txt") == ["vid1", "vid2_left"]
+
+
+def test_out_of_range_values_warn_once_per_file_and_become_invalid(tmp_path, caplog):
+    f = write(tmp_path / "v.txt", "valence,arousal", ["0.1,0.2", "7.5,0.1", "-5,-5", "nan,0.3", "0.2,inf"])
+    with caplog.at_level("WARNING"):
+        lab = A.read_label_file(f)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert f"{f}:3: 3 lines with values out of range or not a number (first: '7.5,0.1')" in warnings[0].getMessage()
+    assert lab.valid.tolist() == [True, False, False, False, False]
+    assert np.isfinite(lab.values).all()  # NaN/inf became the invalid marker, not a value a loss could meet
+    caplog.clear()
+    rows = [",".join(["0"] * 11 + ["1"]), ",".join(["nan"] + ["0"] * 11), ",".join(["0.5"] + ["1"] * 11)]
+    au = A.read_label_file(write(tmp_path / "a.txt", ",".join(A.AU_NAMES_12), rows))
+    assert not au.valid[1, 0] and not au.valid[2, 0] and au.valid[1:, 1:].all()  # NaN/0.5 are not AU 0
+    assert "a.txt:3: 2 lines" in caplog.text
+    caplog.clear()
+    expr = A.read_label_file(write(tmp_path / "e.txt", ",".join(A.EXPR_NAMES_7), ["0", "7", "-1", "12"]))
+    assert expr.valid.tolist() == [True, False, False, False] and expr.values.tolist() == [0, -1, -1, -1]
+    assert "e.txt:3: 2 lines" in caplog.text and "(first: '7')" in caplog.text
+    caplog.clear()
+    A.read_label_file(write(tmp_path / "ok.txt", "valence,arousal", ["0.1,0.2", "-5,-5", "1,-1"]))
+    assert caplog.text == ""
+
+
+def test_out_of_range_values_in_the_mtl_file(tmp_path, caplog):
+    aus = ",".join(["0"] * 12)
+    rows = [f"v/00001.jpg,0.1,0.2,3,{aus}", f"v/00002.jpg,0.1,0.2,9,{aus}", f"v/00003.jpg,nan,0.2,3,{aus}"]
+    with caplog.at_level("WARNING"):
+        out = A.read_mtl_file(write(tmp_path / "m.txt", A.MTL_HEADER, rows))
+    assert caplog.text.count("out of range") == 1 and "m.txt:3: 2 lines" in caplog.text
+    assert out["EXPR"]["v"].valid.tolist() == [True, False, True]
+    assert out["VA"]["v"].valid.tolist() == [True, True, False]
+
+
+def test_length_difference_beyond_the_tolerance_is_a_warning(tmp_path, caplog):
+    assert A.length_tolerance(90) == 10 and A.length_tolerance(18000) == 180
+    lab = A.read_label_file(write(tmp_path / "v.txt", "valence,arousal", ["0.1,0.1"] * 1100))
+    with caplog.at_level("INFO"):
+        A.fit_length(lab, 1090)
+        A.fit_length(lab, 100)
+    small, big = caplog.records
+    assert small.levelname == "INFO" and "1100 label lines for 1090 frames, truncating" in small.getMessage()
+    assert big.levelname == "WARNING"
+    assert "1100 label lines for 100 frames (+1000, more than the 10 tolerated)" in big.getMessage()
+
+
+@pytest.mark.parametrize("line", ["../../secret/00001.jpg", "../00001.jpg", "..", "a/../b", "-rf", ".hidden"])
+def test_lists_refuse_names_that_are_not_plain(tmp_path, line):
+    f = tmp_path / "VA_test_set.txt"
+    f.write_text(f"good_video\n{line}\n")
+    with pytest.raises(A.AnnotationError, match=rf"^{re.escape(str(f))}:2: ") as e:
+        A.read_video_list(f)
+    assert "\n" not in str(e.value)
+
+
+def test_lists_of_images_with_a_header(tmp_path):
+    f = tmp_path / "MTL_test_set.txt"
+    f.write_text("image,valence,arousal,expression,aus\nv1/00001.jpg,\nv1_left/00002.jpg\n")
+    assert A.read_video_list(f) == ["v1/00001.jpg", "v1_left/00002.jpg"]
+
+
+def test_track_and_image_names_from_annotations_must_be_plain(tmp_path):
+    write(tmp_path / "VA_Set" / "Validation_Set" / "-x.txt", "valence,arousal", ["0,0"])
+    with pytest.raises(A.AnnotationError, match=r"-x\.txt: '-x' is not a plain file name"):
+        A.read_annotations(tmp_path, splits=("val",))
+    aus = ",".join(["0"] * 12)
+    for image, why in (("../x/00001.jpg", "bad image name"), ("x/00000.jpg", "numbered from 1")):
+        with pytest.raises(A.AnnotationError, match=rf"m\.txt:2: .*{why}"):
+            A.read_mtl_file(write(tmp_path / "m.txt", A.MTL_HEADER, [f"{image},0,0,0,{aus}"]))

@@ -125,7 +125,10 @@ def test_mtl_and_single_file_submissions(tree, tmp_path):
     assert out["expr"]["score"] == out["expr"]["f1"]
 
     single = S.write_single_file(tmp_path / "expr.txt", "EXPR", preds["EXPR"], images)
-    res = run("--pred", single, "--annotations", root, "--edition", "abaw2021", "--json", tmp_path / "e.json")
+    res = run("--pred", single, "--annotations", root, "--edition", "abaw2021")  # 3 rows of 17 and 15 frames
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--allow-partial" in res.stderr
+    res = run("--pred", single, "--annotations", root, "--edition", "abaw2021", "--json", tmp_path / "e.json",
+              "--allow-partial")
     assert res.returncode == 0, res.stderr
     assert "labelled EXPR frames have no prediction row" in res.stderr
     out = json.loads((tmp_path / "e.json").read_text())
@@ -167,3 +170,38 @@ def test_check_exit_codes(tree, tmp_path):
 def test_usage_errors_exit_2(args):
     res = run(*args)
     assert res.returncode == 2 and res.stderr.strip(), res
+
+
+def test_too_few_lines_is_an_error_unless_allow_partial(tree, tmp_path):
+    root, _, preds = tree
+    one_line = S.write_per_video(tmp_path / "sub", {"VA": {t: v[:1] for t, v in preds["VA"].items()}}, "abaw2021")
+    res = run("--pred", one_line, "--annotations", root, "--edition", "abaw2021", "--json", tmp_path / "s.json")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"evaluate.py: error: {one_line}: VA predictions leave labelled frames without a "
+                                 "prediction in 2 of 2 tracks (a ")
+    assert "b_left" in res.stderr and "--allow-partial" in res.stderr and not (tmp_path / "s.json").exists()
+    res = run("--pred", one_line, "--annotations", root, "--edition", "abaw2021", "--json", tmp_path / "s.json",
+              "--allow-partial")
+    assert res.returncode == 0 and "scored anyway (--allow-partial)" in res.stderr, res.stderr
+    assert "more than the 10 tolerated" in res.stderr  # 20 label lines for a 1-line prediction: a WARNING
+    assert json.loads((tmp_path / "s.json").read_text())["va"]
+
+
+def test_check_of_a_missing_submission_exits_2(tree, tmp_path):
+    res = run("--check", tmp_path / "nothing", "--annotations", tree[0], "--edition", "abaw2021")
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr == f"evaluate.py: error: {tmp_path / 'nothing'}: no such file or folder\n"
+    res = run("--check", tmp_path / "nothing", "--annotations", tree[0], "--allow-partial")
+    assert res.returncode == 2 and "--allow-partial only applies to --pred" in res.stderr
+
+
+@pytest.mark.parametrize("line", ["../../secret/00001.jpg", "../secret"])
+def test_check_never_opens_a_file_a_test_list_points_outside(tree, tmp_path, line):
+    sub = S.write_per_video(tmp_path / "a" / "sub", {"VA": {"a": np.zeros((3, 2))}}, "abaw2021")
+    (tmp_path / "a" / "secret.txt").write_text("TOP SECRET\n")  # = sub/VA_Set/../../secret.txt
+    test_list = tmp_path / "VA_test_set.txt"
+    test_list.write_text(f"a/00001.jpg\n{line}\n")
+    res = run("--check", sub, "--edition", "abaw2021", "--test-list", test_list, "--videos", tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res
+    assert res.stderr.startswith(f"evaluate.py: error: {test_list}:2: ")
+    assert "SECRET" not in res.stdout + res.stderr

@@ -237,3 +237,57 @@ def test_video_frame_counts(tmp_path):
     assert counts == {"vidA": 9, "vidB_left": 4, "vidB_right": 4}
     with pytest.raises(S.SubmissionError, match="vidC"):
         S.video_frame_counts(["vidC"], [tmp_path])
+
+
+@pytest.mark.parametrize("track", ["../escaped", "a/b", "..", ".hidden", "x\ny", ""])
+def test_writers_refuse_track_names_that_are_not_plain(tmp_path, track):
+    out = tmp_path / "deep" / "sub"
+    with pytest.raises(S.SubmissionError, match="prediction"):
+        S.write_per_video(out, {"VA": {track: np.zeros((2, 2))}}, "abaw2021")
+    with pytest.raises(S.SubmissionError, match="prediction"):
+        S.write_single_file(tmp_path / "va.txt", "VA", {track: np.zeros((2, 2))})
+    with pytest.raises(S.SubmissionError, match="prediction"):
+        one_frame = {"VA": np.zeros((1, 2)), "EXPR": np.zeros(1), "AU": np.zeros((1, 12))}
+        S.write_mtl(tmp_path / "mtl.txt", {task: {track: v} for task, v in one_frame.items()})
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == ["deep"]
+
+
+def test_checker_and_reader_refuse_image_names_outside_the_submission(tmp_path):
+    secret = write(tmp_path / "secret.txt", ["TOP SECRET"])
+    out = S.write_per_video(tmp_path / "sub", {"VA": {"v1": np.zeros((1, 2))}}, "abaw2021")
+    with pytest.raises(S.SubmissionError, match=r"expected track: '\.\./\.\./secret' is not a plain file name"):
+        S.check_submission(out, "abaw2021", {"VA": {"v1": 1, "../../secret": 1}})
+    single = write(tmp_path / "va.txt", ["image_location,valence,arousal", "../secret/00001.jpg,0,0",
+                                         "v1/00001.jpg,0,0"])
+    assert problems_as_text(single, "abaw3", {"VA": {"v1": 1}}, tmp_path) == [
+        "va.txt:2: bad image name '../secret/00001.jpg' (expected video/00001.jpg)"]
+    with pytest.raises(S.SubmissionError, match=r"va\.txt:2: bad image name"):
+        S.read_predictions(single, "abaw3")
+    images = write(tmp_path / "list.txt", ["image", "v1/00001.jpg", "../../secret/00001.jpg"])
+    with pytest.raises(S.SubmissionError, match=rf"^{re.escape(str(images))}:3: bad image name"):
+        S.listed_images(images)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(images))}:3: "):
+        S.read_test_list(images)
+    assert secret.read_text() == "TOP SECRET\n"
+
+
+def labels(task: str, rows: list) -> "S.TrackLabels":
+    names = {"VA": ("valence", "arousal"), "EXPR": EXPR_NAMES_7}[task]
+    return S.labels_from_array("t", task, "", names, np.array(rows, float))
+
+
+def test_coverage_counts_labelled_frames_without_a_prediction():
+    from utils import coverage
+
+    truth = labels("EXPR", [0] * 30 + [-1] * 20 + [1] * 5)  # 35 labelled frames of 55
+    assert coverage.unpredicted(labels("EXPR", [0] * 40), truth, per_video=True) == 5
+    assert coverage.unpredicted(labels("EXPR", [0] * 20), truth, per_video=True) == 15
+    sparse = labels("EXPR", [0, -1, 0])  # a single file listing frames 1 and 3
+    assert coverage.unpredicted(sparse, truth, per_video=False) == 33
+    preds = {"short": labels("EXPR", [0] * 20), "ok": labels("EXPR", [0] * 40)}
+    truths = dict.fromkeys(preds, truth)
+    partial = coverage.partial_tracks(preds, truths, per_video=True)
+    assert partial == {"short": (15, 35)}  # 15 > 10 lines tolerated, 5 are within
+    text = coverage.describe_partial("sub", "EXPR", partial, 3)
+    assert text.startswith("sub: EXPR predictions leave labelled frames without a prediction in 1 of 3 tracks "
+                           "(short 15 of 35 labelled frames") and "\n" not in text

@@ -63,10 +63,13 @@ def test_loss_sees_only_valid_labels_of_a_batch(db):
     torch.testing.assert_close(loss(out, scrambled, valid)[0], total)
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(db, tmp_path):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(db, tmp_path, capsys):
+    """Also: --overwrite replaces an earlier run ("straight") and removes stale checkpoint temp files only."""
     extra = ["--model", "mtmt", "--layout", "mtmt", "--ssl", "mean_teacher", "--sched", "cosine",
              "--flip", "0.5", "--jitter", "0.2", "--precise-bn", "1"]
-    engine.run(args_for(db, tmp_path / "straight", *extra, "--epochs", "2"))
+    stale, live = overwritten_run(tmp_path / "straight")
+    engine.run(args_for(db, tmp_path / "straight", *extra, "--epochs", "2", "--overwrite"))
+    check_overwritten(tmp_path / "straight", stale, live, capsys.readouterr().out)
     engine.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2", "--stop-after", "1"))
     engine.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2",
                         "--resume", str(tmp_path / "split" / "last.pth")))
@@ -84,6 +87,25 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(db, tmp_path):
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     rows = (tmp_path / "split" / "log.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].split(",")[0] == "0" and rows[2].split(",")[0] == "1"
+
+
+def overwritten_run(out: Path) -> tuple[Path, Path]:
+    """An earlier run in ``out``, a file of the user's, and two checkpoint temp files: a stale one and a live one."""
+    old_run(out)
+    stale = out / f".last.pth.{os.getpid() + 10**7}.tmp"  # no such process: left by a killed save
+    live = out / f".best.pth.{os.getppid()}.tmp"  # a running process may still write it
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    return stale, live
+
+
+def check_overwritten(out: Path, stale: Path, live: Path, said: str) -> None:
+    assert "--overwrite: removed the previous run's config.json, last.pth, best.pth, log.csv, tb" in said
+    assert f"removed {stale}" in said
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [live.name, "best.pth", "config.json", "last.pth", "log.csv", "notes.txt"])  # --no-tensorboard: no tb/
+    assert (out / "notes.txt").read_bytes() == b"old notes.txt"
+    assert [r.split(",")[0] for r in (out / "log.csv").read_text().splitlines()] == ["epoch", "0", "1"]
 
 
 def _free_port() -> int:
@@ -258,3 +280,79 @@ def test_learns_the_mini_dataset(tmp_path):
                               "Validation_Set")
     assert scores["expr"]["f1"] >= 0.6, scores
     assert scores["va"]["score"] >= 0.5, scores
+
+
+def old_run(out: Path) -> dict[str, bytes]:
+    """A folder holding a (fake) earlier run and a file of the user's; returns every file's bytes."""
+    (out / "tb").mkdir(parents=True)
+    for name in ("config.json", "last.pth", "best.pth", "log.csv", "tb/events", "notes.txt"):
+        (out / name).write_bytes(f"old {name}".encode())
+    return {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_an_existing_run_is_refused_before_any_work(db, mt_run, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    before = old_run(out)
+    monkeypatch.setattr(engine, "make_datasets", lambda *a: pytest.fail("read the database before refusing"))
+    base = ["--db", str(db), "--output-dir", str(out), *TINY, "--epochs", "1"]
+    cases = [([], "holds a training run (config.json, last.pth, best.pth, log.csv, tb)"),
+             (["--model", "mtmt", "--layout", "mtmt", "--ssl", "mean_teacher", "--resume", str(mt_run[0] / "last.pth")],
+              f"holds another run than --resume {mt_run[0] / 'last.pth'}"),
+             (["--resume", str(out / "last.pth"), "--overwrite"], "--overwrite would delete the run")]
+    for extra, message in cases:
+        assert train.main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"train.py: error: {out}: ") and message in err and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_only_rank_0_looks_at_the_output_folder(db, tmp_path, monkeypatch):
+    """Every rank stops on rank 0's answer; the others never decide on their own (DDP)."""
+    args = args_for(db, old_run(tmp_path / "out") and tmp_path / "out", "--epochs", "1")
+    rank1 = engine.dist.DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    monkeypatch.setattr(engine.run_dir, "output_dir_problem", lambda *a: pytest.fail("rank 1 decided"))
+    monkeypatch.setattr(engine.dist, "broadcast_object", lambda obj: "rank 0: refused" if obj is None else obj)
+    with pytest.raises(ValueError, match="^rank 0: refused$"):
+        engine.setup(args, rank1)
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--lr", "0"), ("--lr", "-1e-4"), ("--batch-size", "0"), ("--epochs", "-1"), ("--workers", "-1"),
+    ("--audio-seconds", "0"), ("--epoch-fraction", "0"), ("--samples-per-epoch", "-8"), ("--val-samples", "-1"),
+    ("--patience", "-2"), ("--stop-after", "-1"), ("--jitter", "1"), ("--flip", "1.5"), ("--dropout", "1"),
+    ("--ema-decay", "2"), ("--seed", "-1"), ("--weight-decay", "nan"), ("--clip-grad", "-1"), ("--gamma", "0"),
+    ("--precise-bn", "-1"), ("--task-weights", "expr=-1"), ("--task-weights", "pose=1"), ("--size", "0"),
+])
+def test_nonsensical_flag_values_are_refused_when_parsed(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_parser().parse_args([flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"argument {flag}: expected" in err, err
+
+
+def test_zero_means_off_or_automatic_where_documented():
+    args = train_parser().parse_args(["--workers", "0", "--samples-per-epoch", "0", "--patience", "0",
+                                      "--stop-after", "0", "--val-samples", "0", "--precise-bn", "0", "--jitter", "0",
+                                      "--clip-grad", "0", "--task-weights", "expr=0,au=1,va=1"])
+    assert args.workers == args.patience == args.precise_bn == 0 and args.task_weights == "expr=0,au=1,va=1"
+
+
+def _refused_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    try:
+        engine.run(train_parser().parse_args(argv))
+    except engine.SetupError as e:
+        (Path(out) / f"rank{rank}.txt").write_text(str(e))
+
+
+@pytest.mark.slow  # two spawned processes: ~25 s on 2 busy cores, most of it importing torch
+def test_every_ddp_rank_stops_on_an_existing_run(db, tmp_path):
+    """Rank 0 decides and both processes stop with its answer (none hangs in a collective)."""
+    out = tmp_path / "run"
+    before = old_run(out)
+    argv = ["--db", str(db), "--output-dir", str(out), *TINY, "--epochs", "1"]
+    mp.spawn(_refused_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+    said = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert said[0] == said[1] and said[0].startswith(f"{out}: holds a training run")
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -75,6 +75,19 @@ def all_gather_objects(obj: object) -> list:
     return out
 
 
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """``src``'s ``obj`` (picklable) on every rank; ``obj`` itself without a process group.
+
+    For decisions one rank takes alone (e.g. whether the output folder may be used), so that every rank
+    acts on the same answer.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average a dict of floats over ranks (for logging)."""
     if not (dist.is_available() and dist.is_initialized()) or not values:

@@ -52,7 +52,8 @@ from models.tsav import (
     to_channels_last,
     unwrap_model,
 )
-from utils import dist
+from opts import task_weights
+from utils import dist, run_dir
 from utils.metrics import Edition, au_scores, expr_scores, get_edition, total_score, va_scores
 from utils.predict import autocast, edition_au_columns, predict_indices, progress_bar
 
@@ -80,14 +81,8 @@ class TrainState:
 
 
 def parse_task_weights(text: str) -> dict[str, float]:
-    """'expr=3,au=1,va=1' → {'expr': 3.0, 'au': 1.0, 'va': 1.0}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        if name not in ("expr", "au", "va") or not value:
-            raise ValueError(f"--task-weights: expected expr=W,au=W,va=W, got {text!r}")
-        out[name] = float(value)
-    return out
+    """'expr=3,au=1,va=1' → {'expr': 3.0, 'au': 1.0, 'va': 1.0} (opts.task_weights: checked there too)."""
+    return task_weights(text)
 
 
 def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
@@ -209,8 +204,12 @@ def plain(obj):
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    The temp file's name holds the host and pid (utils.run_dir.temp_path) so that a later run can tell a
+    file left by a killed save from one being written.
+    """
+    tmp = run_dir.temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -476,6 +475,11 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
     """Data, model, teacher, optimiser, schedule; restored from ``--resume``. Every input check happens here."""
     args = resolve(args, info.device)
     log = functools.partial(log_main, info)
+    # Rank 0 alone looks at the output folder; every rank gets its answer, so all stop or none.
+    problem = run_dir.output_dir_problem(args.output_dir, args.resume, args.overwrite) if info.is_main else None
+    problem = dist.broadcast_object(problem)
+    if problem:
+        raise ValueError(problem)
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -555,9 +559,10 @@ def train(r: Run) -> dict:
     out = Path(args.output_dir)
     logger = None
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        run_dir.start_run_dir(out, args.overwrite, r.log)
         (out / "config.json").write_text(json.dumps(plain(vars(args)), indent=2) + "\n")
         logger = EpochLog(out, args.tensorboard)
+    dist.barrier()  # the other ranks wait until rank 0 has cleared and created the folder
     loader = DataLoader(r.train_set, batch_size=args.batch_size, sampler=r.sampler, num_workers=args.workers,
                         pin_memory=info.device.type == "cuda", drop_last=True,
                         persistent_workers=args.workers > 0, generator=torch.Generator().manual_seed(args.seed))

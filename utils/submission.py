@@ -43,11 +43,14 @@ from data.annotations import (
     find_mtl_file,
     fit_length,
     labels_from_array,
+    pad_or_truncate,
     read_annotations,
     read_mtl_file,
     read_video_list,
 )
+from utils.coverage import describe_partial, partial_tracks, unpredicted
 from utils.metrics import Edition, get_edition, score
+from utils.paths import safe_component, safe_image_name
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,6 @@ SET_DIRS = {"VA": "VA_Set", "EXPR": "EXPR_Set", "AU": "AU_Set"}  # the names we 
 IMAGE_COLUMN = "image_location"
 SINGLE_FILE_NAMES = {"VA": VA_NAMES, "EXPR": EXPR_NAMES_8, "AU": AU_NAMES_12}  # fixed from 2023 on
 MTL_PARTS = (("VA", VA_NAMES), ("EXPR", EXPR_NAMES_8), ("AU", AU_NAMES_12))
-IMAGE_RE = re.compile(r"(.+)/(\d+)\.(?:jpg|png)")
 
 
 class SubmissionError(ValueError):
@@ -140,6 +142,25 @@ def read_lines(path: Path, problems: list[Problem]) -> list[str] | None:
     if crlf:
         problems.append(Problem(str(path), crlf[0], f"{len(crlf)} lines end with \\r\\n; use \\n"))
     return [line.rstrip("\r") for line in lines]
+
+
+def plain_track(track: str, where: str) -> str:
+    """``track`` when it can name a file (utils.paths.safe_component), else SubmissionError naming ``where``."""
+    try:
+        return safe_component(track, where)
+    except ValueError as e:
+        raise SubmissionError(str(e)) from None
+
+
+def track_and_frame(image: str) -> tuple[str, int]:
+    """``video/00001.jpg`` → ("video", 1), the video a plain name (utils.paths); else ValueError."""
+    try:
+        track, frame = safe_image_name(image)
+    except ValueError:
+        track, frame = "", 0
+    if frame < 1:
+        raise ValueError(f"bad image name {image!r} (expected video/00001.jpg)")
+    return track, frame
 
 
 def raise_first(problems: list[Problem]) -> None:
@@ -227,12 +248,11 @@ def scan_single_file(path: Path) -> ImageRowScan:
             problems.append(Problem(str(path), i, "blank line"))
             continue
         image, _, rest = line.partition(",")
-        m = IMAGE_RE.fullmatch(image.strip())
-        if not m or int(m.group(2)) < 1:
-            problems.append(Problem(str(path), i, f"bad image name {image.strip()!r} "
-                                    "(expected video/00001.jpg)"))
+        try:
+            track, frame = track_and_frame(image.strip())
+        except ValueError as e:
+            problems.append(Problem(str(path), i, str(e)))
             continue
-        track, frame = m.group(1), int(m.group(2))
         values, error = parse_values(rest.split(",") if rest else [], columns, len(EXPR_NAMES_8))
         if error:
             problems.append(Problem(str(path), i, error))
@@ -399,7 +419,7 @@ def write_per_video(out_dir: str | Path, preds: dict[str, dict[str, np.ndarray]]
                 where = f"{task} prediction of {track}"
                 check_au_width(task, values, names, where)
                 rows = value_strings(task, values, len(get_edition(edition).expr_names), where)
-                write_lines(folder / f"{track}.txt", [",".join(names)] + rows)
+                write_lines(folder / f"{plain_track(track, f'{task} prediction')}.txt", [",".join(names)] + rows)
         if fresh:
             os.chmod(staging, 0o755)
             os.rename(staging, out)
@@ -416,6 +436,7 @@ def write_per_video(out_dir: str | Path, preds: dict[str, dict[str, np.ndarray]]
 def image_rows(strings: dict[str, list[str]], images: dict[str, Iterable[int]] | None) -> Iterator[str]:
     """``<track>/00001.jpg,<values>`` for the listed frames (default: every frame), tracks sorted."""
     for track in sorted(strings):
+        plain_track(track, "prediction")  # a comma or newline in it would corrupt the file
         if images is not None and track not in images:
             raise SubmissionError(f"{track}: predicted but absent from the image list")
         frames = range(1, len(strings[track]) + 1) if images is None else images[track]
@@ -507,7 +528,7 @@ def check_task_folder(folder: Path, task: str, edition: str | Edition, want: dic
             hint = "; track names carry no video extension" if re.search(r"\.(mp4|avi)\.txt$", f.name) else ""
             problems.append(Problem(str(f), 0, f"unexpected file{hint}"))
     for track in sorted(want):
-        f = folder / f"{track}.txt"
+        f = folder / f"{plain_track(track, 'expected track')}.txt"
         n = frame_count(want[track])
         if not f.is_file():
             problems.append(Problem(str(f), 0, f"missing ({n} frames expected)"))
@@ -575,12 +596,14 @@ def preview(names: list[str], n: int = 20) -> str:
 
 
 def score_submission(pred_path: str | Path, annotations: str | Path, edition: str | Edition,
-                     split: str = "Validation_Set") -> dict:
+                     split: str = "Validation_Set", allow_partial: bool = False) -> dict:
     """Score a submission against the annotations of ``split`` (see utils.metrics.score for the result).
 
     Per-video files: each annotation track is fitted to the prediction's length (one line per frame).
     Single files: only the listed rows are scored, against the uni-task folders; an MTL file is scored
-    against the multi-task annotation file with the abaw3 metrics.
+    against the multi-task annotation file with the abaw3 metrics. A submission that leaves more labelled
+    frames of a track unpredicted than utils.coverage tolerates is a SubmissionError unless
+    ``allow_partial``.
     """
     split = canonical_split(split)
     kind = submission_kind(pred_path)
@@ -596,12 +619,13 @@ def score_submission(pred_path: str | Path, annotations: str | Path, edition: st
     else:
         truths = read_annotations(annotations, (split,), tasks=tuple(preds))
     pairs = {task: align(pred_path, task, preds[task], truths.get(task, {}), annotations, split,
-                         per_video=kind == "per_video") for task in preds}
+                         per_video=kind == "per_video", allow_partial=allow_partial) for task in preds}
     return score({t: p for t, (p, _) in pairs.items()}, {t: lab for t, (_, lab) in pairs.items()}, edition)
 
 
 def align(pred_path, task: str, preds: dict[str, TrackLabels], truths: dict[str, TrackLabels],
-          annotations, split: str, per_video: bool) -> tuple[dict[str, TrackLabels], dict[str, TrackLabels]]:
+          annotations, split: str, per_video: bool,
+          allow_partial: bool = False) -> tuple[dict[str, TrackLabels], dict[str, TrackLabels]]:
     """(predictions, labels) of every annotated track, aligned frame by frame."""
     if not truths:
         raise SubmissionError(f"{annotations}: no {task} annotations of {split} to score {pred_path} against")
@@ -611,6 +635,11 @@ def align(pred_path, task: str, preds: dict[str, TrackLabels], truths: dict[str,
                               f"annotated {split} tracks: {preview(missing)}")
     if extra := len(set(preds) - set(truths)):
         log.warning("note: %d %s predicted tracks are not annotated in %s; ignored", extra, task, split)
+    if partial := partial_tracks(preds, truths, per_video):
+        message = describe_partial(pred_path, task, partial, len(truths))
+        if not allow_partial:
+            raise SubmissionError(f"{message}; pass --allow-partial to score only the predicted frames")
+        log.warning("note: %s; scored anyway (--allow-partial)", message)
     out_preds, out_labels, resized, unscored = {}, {}, 0, 0
     for track, labels in truths.items():
         pred = preds[track]
@@ -618,10 +647,8 @@ def align(pred_path, task: str, preds: dict[str, TrackLabels], truths: dict[str,
             resized += len(labels) != len(pred)
             labels = fit_length(labels, len(pred))
         else:  # rows not listed are not predicted; rows past the labels cannot be scored
-            pred = fit_length(pred, len(labels))
-            listed = pred.valid if pred.valid.ndim == 1 else pred.valid.all(axis=1)
-            labelled = labels.valid if labels.valid.ndim == 1 else labels.valid.any(axis=1)
-            unscored += int(np.sum(labelled & ~listed))
+            unscored += unpredicted(pred, labels, per_video=False)
+            pred = pad_or_truncate(pred, len(labels))
         out_preds[track], out_labels[track] = pred, labels
     if resized:
         log.warning("note: %s: label lines differ from prediction lines for %d of %d tracks; labels were "
@@ -647,16 +674,19 @@ def submission_tasks(path: str | Path) -> tuple[str, ...]:
 
 
 def listed_images(path: str | Path) -> dict[str, list[int]]:
-    """{track: frame numbers} from the first column of a file of ``video/00001.jpg`` rows (header skipped)."""
+    """{track: frame numbers} from the first column of a file of ``video/00001.jpg`` rows (a first line
+    without '/' is a header); SubmissionError naming the line for any other (``../../x/00001.jpg``)."""
     path = Path(path)
     out: dict[str, list[int]] = {}
     for i, line in enumerate(path.read_text().splitlines(), start=1):
         image = line.split(",")[0].strip()
-        m = IMAGE_RE.fullmatch(image)
-        if m:
-            out.setdefault(m.group(1), []).append(int(m.group(2)))
-        elif image and not (i == 1 or image.startswith("#")):
-            raise SubmissionError(f"{path}:{i}: bad image name {image!r} (expected video/00001.jpg)")
+        if not image or image.startswith("#") or (i == 1 and "/" not in image):
+            continue
+        try:
+            track, frame = track_and_frame(image)
+        except ValueError as e:
+            raise SubmissionError(f"{path}:{i}: {e}") from None
+        out.setdefault(track, []).append(frame)
     return out
 
 
