@@ -40,18 +40,25 @@ without audio, a variable-frame-rate one (frame durations of 33/40 ms, pts in ms
 meta), one whose audio starts 0.5 s after the first frame (mp4 only: AVI cannot store a start offset; the
 decoded audio starts one AAC priming frame earlier, ``audio_first_pts_s``, and its content is aligned by
 pts), one whose face slides out of the frame for ~1 s, label files 1–3 lines longer or shorter than the
-video in three videos, audio at 16–48 kHz, AAC (mp4), MP3 and PCM (avi). In every video, decoded audio at
-container time t carries the signal of time t (the MP3 encoder delay is compensated, see ``AudioFeeder``).
+video in three videos, audio at 16–48 kHz, AAC (mp4), MP3 and PCM (avi). Video is H.264 in mp4 and
+MPEG-4 part 2 in avi, except three videos with B-frames (frames stored in decode order, ``b_frames`` in
+meta): H.264 in an mp4, MPEG-4 part 2 in an avi, and H.264 in an avi, whose decoded frames get their
+timestamps in decode order (see ``data.synthetic_codecs``). Both B-frame AVIs show their first frame one
+frame after the container's zero (``video_first_pts_s``; 0 elsewhere) and their audio is delayed by as
+much. In every video, decoded audio at t seconds after the first frame's container time carries the
+signal of time t (the MP3 encoder delay is compensated too, see ``AudioFeeder``).
 Frame ranges in meta are 1-based and inclusive, like ``%05d.jpg`` and label line k+1.
 
 Public API: ``generate(out, seed, quick, workers) -> meta``, ``generate_timed`` (also returns render
 seconds), ``video_specs``, ``plan_video`` (labels and motion without rendering), ``reference_audio``
-(the audio before encoding), ``identities``, ``similarity_lstsq``, ``align_crop`` and the constants.
+(the audio before encoding), ``background`` and ``render_frame`` (a frame before encoding),
+``identities``, ``similarity_lstsq``, ``align_crop`` and the constants.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import time
@@ -65,6 +72,7 @@ import av
 import cv2
 import numpy as np
 
+from data import synthetic_codecs
 from data.annotations import AU_NAMES_8, AU_NAMES_12, EXPR_NAMES_7, EXPR_NAMES_8, MTL_HEADER, TASK_DIRS
 
 FPS = 30
@@ -170,7 +178,7 @@ class VideoSpec:
     index: int
     name: str
     batch: str
-    container: str          # "mp4" (H.264) or "avi" (MPEG-4 part 2)
+    container: str          # "mp4" or "avi"
     width: int
     height: int
     seconds: float
@@ -181,10 +189,21 @@ class VideoSpec:
     audio_offset_s: float = 0.0
     face_exit: bool = False
     label_delta: int = 0
+    video_codec: str | None = None  # "h264" or "mpeg4"; None: H.264 in mp4, MPEG-4 part 2 in avi
+    b_frames: int = 0               # max consecutive B-frames (frames stored in decode order)
 
     @property
     def two_person(self) -> bool:
         return len(self.split) == 2
+
+    @property
+    def codec(self) -> str:
+        return self.video_codec or synthetic_codecs.default_codec(self.container)
+
+    @property
+    def encoding(self) -> synthetic_codecs.VideoEncoding:
+        return synthetic_codecs.VideoEncoding(self.container, self.codec, self.b_frames, self.width, self.height,
+                                              FPS, self.vfr)
 
 
 def _all_tasks(split: str | None, missing: tuple[str, ...] = ()) -> dict[str, str | None]:
@@ -200,7 +219,7 @@ def video_specs(quick: bool = False) -> list[VideoSpec]:
         (1, "video2", "batch1", "avi", 320, 240, 10, "pcm_s16le", 22050, {"": _all_tasks(tr)},
          {"label_delta": 2}),
         (2, "3-30-640x360", "batch1", "mp4", 640, 360, 16, "aac", 48000, {"": _all_tasks(tr)},
-         {"face_exit": True}),
+         {"face_exit": True, "b_frames": 2}),
         (3, "4-30-400x300", "batch1", "mp4", 400, 300, 10, None, 0, {"": _all_tasks(tr, ("AU",))}, {}),
         (4, "video5", "batch1", "avi", 384, 288, 11, "libmp3lame", 44100, {"": _all_tasks(tr, ("VA",))}, {}),
         (5, "6-30-480x272", "batch1", "mp4", 480, 272, 13, "aac", 32000, {"": _all_tasks(tr)},
@@ -210,10 +229,11 @@ def video_specs(quick: bool = False) -> list[VideoSpec]:
         (7, "8-30-416x240", "batch2", "mp4", 416, 240, 10, "aac", 16000, {"": _all_tasks(va)},
          {"audio_offset_s": 0.5}),
         (8, "video9", "batch2", "avi", 448, 336, 12, "pcm_s16le", 32000, {"": _all_tasks(va)},
-         {"label_delta": 1}),
+         {"label_delta": 1, "video_codec": "h264", "b_frames": 2}),
         (9, "10-30-560x316", "batch2", "mp4", 560, 316, 20, "aac", 48000, {"": _all_tasks(va)}, {}),
         (10, "11-30-480x270", "batch2", "mp4", 480, 270, 10, "aac", 44100, {"": _all_tasks(te)}, {}),
-        (11, "video12", "batch2", "avi", 320, 240, 10, "pcm_s16le", 48000, {"": _all_tasks(te)}, {}),
+        (11, "video12", "batch2", "avi", 320, 240, 10, "pcm_s16le", 48000, {"": _all_tasks(te)},
+         {"b_frames": 2}),
     ]
     specs = []
     for idx, name, batch, cont, w, h, sec, codec, rate, split, extra in rows:
@@ -566,21 +586,6 @@ def reference_audio(spec: VideoSpec, seed: int) -> np.ndarray:
 # Encoding
 
 
-def add_video_stream(container: av.container.OutputContainer, spec: VideoSpec) -> av.VideoStream:
-    """H.264 for mp4, MPEG-4 part 2 for avi; single-threaded so the bytes are reproducible."""
-    if spec.container == "mp4":
-        stream = container.add_stream("libx264", rate=FPS,
-                                      options={"preset": "ultrafast", "crf": "20", "threads": "1"})
-    else:
-        stream = container.add_stream("mpeg4", rate=FPS)
-        stream.bit_rate = 2_000_000
-    stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, "yuv420p"
-    stream.thread_count = 1
-    if spec.vfr:
-        stream.codec_context.time_base = Fraction(1, 1000)  # fine enough for integer-ms durations
-    return stream
-
-
 def encoder_delay(codec: str, rate: int) -> int:
     """Priming samples an audio encoder puts before the signal (minus the first packet's pts), by a dry run."""
     ctx = av.CodecContext.create(codec, "w")
@@ -601,16 +606,20 @@ class AudioFeeder:
     cannot: its muxer would shift every stream to hide the negative pts, misplacing video frames. There
     the first ``delay`` samples of the signal are dropped and packets shifted by ``delay``, so the decoded
     audio at pts t still carries the content of time t (MP3: the 1105 priming samples replace it).
+    ``video_start_s`` (the first frame's container time, > 0 for an AVI with B-frames) delays the signal
+    by as much, behind silence: the audio at t seconds after the first frame carries the content of t.
     """
 
-    def __init__(self, container: av.container.OutputContainer, spec: VideoSpec, samples: np.ndarray):
+    def __init__(self, container: av.container.OutputContainer, spec: VideoSpec, samples: np.ndarray,
+                 video_start_s: float = 0.0):
         self.container, self.pos = container, 0
         self.rate, self.codec = spec.audio_rate, spec.audio_codec
         self.start = int(round(spec.audio_offset_s * spec.audio_rate))
         self.shift = 0
         if spec.container == "avi" and spec.audio_codec != "pcm_s16le":
             self.shift = encoder_delay(spec.audio_codec, spec.audio_rate)
-        self.samples = samples[self.shift:]
+        lead = np.zeros(int(round(video_start_s * spec.audio_rate)), np.float32)
+        self.samples = np.concatenate([lead, samples])[self.shift:]
         self.stream = container.add_stream(spec.audio_codec, rate=spec.audio_rate)
         self.stream.layout = "mono"
 
@@ -658,6 +667,7 @@ class VideoResult:
     n_frames: int
     faceless: dict[str, np.ndarray]  # track → (n,) bool
     audio_first_pts_s: float | None
+    video_first_pts_s: float  # container time of the first decoded frame
     seconds: float
 
 
@@ -666,29 +676,23 @@ def render_video(job: VideoJob) -> VideoResult:
     t0 = time.perf_counter()
     spec, times = job.spec, job.times
     n = len(times)
-    bg = Background(spec.width, spec.height, _rng(job.seed, spec.index, 3))
+    bg = background(job)
     path = job.out / "videos" / spec.batch / f"{spec.name}.{spec.container}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    idents = identities()
     truth = {tr.name: np.full((n, 5, 2), np.nan, np.float32) for tr in job.tracks}
     faceless = {tr.name: np.ones(n, bool) for tr in job.tracks}
     crop_dirs = {tr.name: job.out / "cropped_aligned" / tr.name for tr in job.tracks}
     for d in crop_dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     container = av.open(str(path), "w")
-    vstream = add_video_stream(container, spec)
+    vstream = synthetic_codecs.add_video_stream(container, spec.encoding)
+    video_start = synthetic_codecs.first_frame_time(spec.encoding)
     feeder = None
     if spec.audio_codec:
         audio = synthesize_audio(spec, job.tracks, times, _rng(job.seed, spec.index, 4))
-        feeder = AudioFeeder(container, spec, audio)
+        feeder = AudioFeeder(container, spec, audio, video_start)
     for k in range(n):
-        img = bg.render(float(times[k]))
-        placed = []
-        for tr, motion in zip(job.tracks, job.motions):
-            ident = idents[tr.identity]
-            face = render_face(ident, int(tr.expr[k]), float(tr.va[k, 0]), tr.au[k])
-            if composite(img, face, ident.alpha, motion[k]):
-                placed.append((tr.name, apply_affine(motion[k], ident.landmarks)))
+        img, placed = render_frame(job, bg, k)
         for name, lm in placed:  # crop after all faces are drawn: a crop sees the finished frame
             truth[name][k] = lm
             faceless[name][k] = False
@@ -696,10 +700,7 @@ def render_video(job: VideoJob) -> VideoResult:
                                    [cv2.IMWRITE_JPEG_QUALITY, 95])
             (crop_dirs[name] / f"{k + 1:05d}.jpg").write_bytes(jpg.tobytes())
         frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-        if spec.vfr:
-            frame.pts, frame.time_base = int(round(times[k] * 1000)), Fraction(1, 1000)
-        else:
-            frame.pts, frame.time_base = k, Fraction(1, FPS)
+        synthetic_codecs.stamp(frame, k, float(times[k]), spec.encoding)
         container.mux(vstream.encode(frame))
         if feeder is not None:
             feeder.feed_until(float(times[k + 1]) if k + 1 < n else float("inf"))
@@ -710,11 +711,31 @@ def render_video(job: VideoJob) -> VideoResult:
     for name, lm in truth.items():
         (job.out / "truth").mkdir(exist_ok=True)
         np.save(job.out / "truth" / f"{name}.npy", lm)
-    return VideoResult(spec.name, n, faceless, first_audio_pts(path), time.perf_counter() - t0)
+    decoded_start = synthetic_codecs.first_video_time(str(path))
+    if decoded_start != video_start:  # the audio was delayed by the start measured beforehand
+        raise RuntimeError(f"{path}: first frame at {decoded_start} s, expected {video_start} s")
+    return VideoResult(spec.name, n, faceless, first_audio_pts(path), video_start, time.perf_counter() - t0)
+
+
+def background(job: VideoJob) -> Background:
+    """The moving background of a video (its picture depends only on the time)."""
+    return Background(job.spec.width, job.spec.height, _rng(job.seed, job.spec.index, 3))
+
+
+def render_frame(job: VideoJob, bg: Background, k: int) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
+    """Frame k of a video (RGB, before encoding) and the true landmarks of each face in it, by track."""
+    img = bg.render(float(job.times[k]))
+    placed = []
+    for tr, motion in zip(job.tracks, job.motions):
+        ident = identities()[tr.identity]
+        face = render_face(ident, int(tr.expr[k]), float(tr.va[k, 0]), tr.au[k])
+        if composite(img, face, ident.alpha, motion[k]):
+            placed.append((tr.name, apply_affine(motion[k], ident.landmarks)))
+    return img, placed
 
 
 def first_audio_pts(path: Path) -> float | None:
-    """Time of the first decoded audio sample, seconds after the first video frame (None: no audio).
+    """Container time of the first decoded audio sample in seconds (None: no audio).
 
     Decoded, not demuxed: AAC's priming packet has a negative pts that the decoder drops at t=0.
     """
@@ -868,9 +889,11 @@ def mapping_meta() -> dict:
 def video_meta(job: VideoJob, res: VideoResult) -> dict:
     """One video's entry in meta.json.
 
-    Keys: name, path (relative to DIR), batch, container, video_codec, width, height, fps (nominal),
-    n_frames (decoded count), duration_s, has_audio, audio_codec, audio_rate, audio_offset_s (intended
-    start of the audio), audio_first_pts_s (as decoded), vfr (+ frame_times_s), two_person, and tracks:
+    Keys: name, path (relative to DIR), batch, container, video_codec, b_frames (max consecutive
+    B-frames, 0: none), width, height, fps (nominal), n_frames (decoded count), duration_s, has_audio,
+    audio_codec, audio_rate, audio_offset_s (intended start of the audio, after the first frame),
+    audio_first_pts_s and video_first_pts_s (container times of the first decoded sample and frame),
+    vfr (+ frame_times_s), two_person, and tracks:
     name, identity, split {task: Train_Set|Validation_Set|test|None}, n_label_lines, label_delta
     (label lines − n_frames), faceless_frames and invalid_frames {task: ranges} (1-based, inclusive).
     """
@@ -880,7 +903,8 @@ def video_meta(job: VideoJob, res: VideoResult) -> dict:
         "path": f"videos/{spec.batch}/{spec.name}.{spec.container}",
         "batch": spec.batch,
         "container": spec.container,
-        "video_codec": "h264" if spec.container == "mp4" else "mpeg4",
+        "video_codec": spec.codec,
+        "b_frames": spec.b_frames,
         "width": spec.width,
         "height": spec.height,
         "fps": FPS,
@@ -891,6 +915,7 @@ def video_meta(job: VideoJob, res: VideoResult) -> dict:
         "audio_rate": spec.audio_rate or None,
         "audio_offset_s": spec.audio_offset_s,
         "audio_first_pts_s": res.audio_first_pts_s,
+        "video_first_pts_s": res.video_first_pts_s,
         "vfr": spec.vfr,
         "two_person": spec.two_person,
         "tracks": [],
@@ -928,6 +953,9 @@ def generate_timed(out: Path, seed: int = 0, quick: bool = False,
     jobs = [plan_video(spec, seed, out) for spec in video_specs(quick)]
     workers = workers or min(2, os.cpu_count() or 1)
     if workers > 1:
+        # forked workers inherit the caller's uncollected garbage; PyAV objects in it (e.g. held by an
+        # exception's traceback) crash a worker that frees them, the FFmpeg threads they use being gone
+        gc.collect()
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(render_video, jobs))
     else:

@@ -4,6 +4,8 @@ Time convention used everywhere in the codebase: t = 0 is the presentation time 
 video frame. ``iter_frames`` and ``read_frame_times`` give each frame's own timestamp on that clock
 (variable-frame-rate videos have irregular steps: never assume index / fps), and ``read_audio``
 returns mono samples on the same clock, so sample ``round(t * sr)`` is heard while frame t is shown.
+Frames with B-frames whose timestamps reach the decoder in decode order (H.264 in AVI) get their
+presentation times back (``presentation_frames``): times always follow the frames' display order.
 
 Broken files raise ``VideoError`` whose message starts with the path. A file that stops decoding
 half-way (corrupt packets, or truncated: the demuxer then stops quietly, and we notice because far
@@ -17,8 +19,10 @@ first audio stream are read.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,6 +40,10 @@ AUDIO_SNAP_SECONDS = 0.005
 
 # A video yielding fewer frames than this fraction of the container's announced count is truncated.
 SHORT_DECODE_FRACTION = 0.9
+
+# Decoded frames held back to restore presentation timestamps that come in decode order (see
+# ``presentation_frames``): H.264 reorders at most 16 pictures (its DPB), MPEG-4 part 2 fewer.
+REORDER_WINDOW = 16
 
 
 class VideoError(RuntimeError):
@@ -176,14 +184,50 @@ def _decode_frames(container: av.container.InputContainer, path: str | Path) -> 
     index = 0
     try:
         try:
-            for frame in container.decode(stream):
-                yield Frame(index, clock.time_of(frame.pts), frame.to_ndarray(format="rgb24"))
+            for frame, pts in presentation_frames(container, stream):
+                yield Frame(index, clock.time_of(pts), frame.to_ndarray(format="rgb24"))
                 index += 1
         except av.FFmpegError as e:
             raise VideoError(f"{path}: decoding failed after {index} frames ({e})") from e
         _check_complete(path, index, stream.frames)
     finally:
         container.close()
+
+
+def presentation_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream
+                        ) -> Iterator[tuple[av.VideoFrame, int | None]]:
+    """Every decoded frame of ``stream`` with its presentation pts (``stream.time_base``; None: unknown).
+
+    Decoders output pictures in presentation order, but their pts is the pts of the packet the picture
+    came in. An AVI stores no timestamps: the demuxer numbers packets in decode order, and for H.264
+    (unlike MPEG-4 part 2, whose parser restores them) those numbers reach the frames unsorted when
+    B-frames are reordered. The values are right, only attached to the wrong frames; so each frame
+    gets the smallest pts not yet given out among the next ``REORDER_WINDOW`` frames. Where the pts
+    already increase (every other kind of file) each frame keeps its own. A decoding error is raised
+    after the frames decoded before it were yielded.
+    """
+    pending: deque[av.VideoFrame] = deque()
+    pts_heap: list[int] = []
+    try:
+        for frame in container.decode(stream):
+            pending.append(frame)
+            if frame.pts is not None:
+                heapq.heappush(pts_heap, frame.pts)
+            if len(pending) > REORDER_WINDOW:
+                yield _next_in_order(pending, pts_heap)
+    except av.FFmpegError:
+        while pending:
+            yield _next_in_order(pending, pts_heap)
+        raise
+    while pending:
+        yield _next_in_order(pending, pts_heap)
+
+
+def _next_in_order(pending: deque[av.VideoFrame], pts_heap: list[int]) -> tuple[av.VideoFrame, int | None]:
+    frame = pending.popleft()
+    if frame.pts is None:  # no timestamp to sort: the clock steps one frame
+        return frame, None
+    return frame, heapq.heappop(pts_heap)
 
 
 def read_frame_times(path: str | Path, decode: bool = False) -> np.ndarray:
@@ -229,7 +273,7 @@ def _decoded_pts(container: av.container.InputContainer, stream: av.video.stream
                  path: str | Path) -> list[int | None]:
     stream.thread_type = "AUTO"
     try:
-        return [frame.pts for frame in container.decode(stream)]
+        return [pts for _, pts in presentation_frames(container, stream)]
     except av.FFmpegError as e:
         raise VideoError(f"{path}: decoding failed ({e})") from e
 

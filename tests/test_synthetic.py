@@ -9,6 +9,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from av.video.frame import PictureType
 from numpy.lib.stride_tricks import sliding_window_view
 
 from data import annotations as A
@@ -44,16 +45,19 @@ def abaw3(ds) -> dict[str, dict[str, A.TrackLabels]]:
 
 @pytest.fixture(scope="module")
 def decoded(ds) -> dict[str, dict]:
-    """Every video decoded once: frame count, frame pts (s), mono audio and its start time."""
+    """Every video decoded once: frame count, frame pts (s) in display order, the pts as the decoder
+    handed them out (decode order for H.264 in AVI), picture types, mono audio and its start time."""
     root, meta = ds
     out = {}
     for v in meta["videos"]:
         with av.open(str(root / v["path"])) as c:
             vs = c.streams.video[0]
             vs.thread_type = "AUTO"
-            pts = [float(f.pts * vs.time_base) for f in c.decode(vs)]
-            info = {"n": len(pts), "pts": np.array(pts), "codec": vs.codec_context.name,
-                    "audio": None, "audio_codec": None}
+            frames = [(float(f.pts * vs.time_base), PictureType(f.pict_type).name) for f in c.decode(vs)]
+            raw = np.array([t for t, _ in frames])
+            # frames come out in display order; every file here holds exactly their pts, so sorted
+            info = {"n": len(raw), "pts": np.sort(raw), "raw_pts": raw, "types": {p for _, p in frames},
+                    "codec": vs.codec_context.name, "audio": None, "audio_codec": None}
         with av.open(str(root / v["path"])) as c:
             if c.streams.audio:
                 a = c.streams.audio[0]
@@ -227,7 +231,7 @@ def test_decoded_frame_counts_codecs_and_audio(ds, decoded):
     for v in ds[1]["videos"]:
         d = decoded[v["name"]]
         assert d["n"] == v["n_frames"], v["name"]
-        assert d["codec"] == ("h264" if v["container"] == "mp4" else "mpeg4")
+        assert d["codec"] == v["video_codec"]
         assert (d["audio"] is not None) == v["has_audio"]
         if v["has_audio"]:
             assert d["audio_rate"] == v["audio_rate"]
@@ -239,6 +243,22 @@ def test_decoded_frame_counts_codecs_and_audio(ds, decoded):
     assert sum(not v["has_audio"] for v in ds[1]["videos"]) == 1
     codecs = {(decoded[v["name"]]["audio_codec"] or "none")[:3] for v in ds[1]["videos"]}
     assert codecs == {"aac", "mp3", "pcm", "non"}  # the MP3 decoder is called mp3float
+
+
+def test_b_frame_videos(ds, decoded):
+    """Three videos store frames in decode order: H.264 in mp4, MPEG-4 part 2 and H.264 in avi; the H.264
+    AVI hands the decoder's frames decode-order timestamps, and the AVIs show frame 0 one frame late."""
+    videos = ds[1]["videos"]
+    with_b = {(v["container"], v["video_codec"]) for v in videos if v["b_frames"]}
+    assert with_b == {("mp4", "h264"), ("avi", "mpeg4"), ("avi", "h264")}
+    for v in videos:
+        d = decoded[v["name"]]
+        assert ("B" in d["types"]) == (v["b_frames"] > 0), v["name"]
+        reordered = bool(np.any(np.diff(d["raw_pts"]) < 0))
+        assert reordered == (v["container"] == "avi" and v["video_codec"] == "h264"), v["name"]
+        assert d["pts"][0] == pytest.approx(v["video_first_pts_s"], abs=1e-6)
+        late = v["container"] == "avi" and v["b_frames"] > 0
+        assert v["video_first_pts_s"] == (round(1 / S.FPS, 6) if late else 0.0), v["name"]
 
 
 def test_label_length_deltas(ds, tracks, abaw3):
@@ -370,8 +390,9 @@ def audio_around(d: dict, t: np.ndarray, half: float) -> list[np.ndarray]:
 
 
 def test_audio_is_aligned_with_the_video_by_its_timestamps(ds, decoded):
-    """Decoded audio at container time t is the synthesised signal of time t (within 1 ms), for every
-    codec, rate, the late-starting and the VFR video: frame k's sound sits at frame k's timestamp.
+    """Decoded audio t seconds after the first frame's container time is the synthesised signal of time
+    t (within 1 ms), for every codec, rate, the late-starting, the VFR and the B-frame videos (whose AVIs
+    show frame 0 one frame late): frame k's sound sits at frame k's timestamp.
     Checked around pitch changes (a steady tone would match at any multiple of its period)."""
     specs = {s.name: s for s in S.video_specs()}
     for v in ds[1]["videos"]:
@@ -388,7 +409,7 @@ def test_audio_is_aligned_with_the_video_by_its_timestamps(ds, decoded):
         for t in changes[:2]:
             c = round((t - v["audio_offset_s"]) * rate)
             seg = ref[c - half:c + half]
-            at = round((t - d["audio_start"]) * rate) - half
+            at = round((t + v["video_first_pts_s"] - d["audio_start"]) * rate) - half
             shifted = sliding_window_view(d["audio"][at + lags[0]:at + lags[-1] + len(seg)], len(seg))
             shifted = shifted - shifted.mean(1, keepdims=True)
             score = shifted @ (seg - seg.mean()) / (np.linalg.norm(shifted, axis=1) * np.linalg.norm(seg - seg.mean()))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from data.audio import logmel_db, window
-from data.video import VideoError, iter_frames, probe, read_audio, read_frame_times
+from data.video import REORDER_WINDOW, VideoError, iter_frames, presentation_frames, probe, read_audio, read_frame_times
 
 W, H = 64, 48
 BITS = 6
@@ -52,14 +52,15 @@ def burst_time(x: np.ndarray, sr: int = SR) -> float:
 def write_video(path: Path, *, codec: str = "libx264", n: int = 50, fps: int = 25,
                 pts_ms: list[int] | None = None, audio: tuple[str, int, np.ndarray] | None = None,
                 stereo: str = "same", audio_start: float = 0.0, muxer_options: dict | None = None,
-                noisy: bool = False) -> Path:
+                noisy: bool = False, b_frames: int | None = None) -> Path:
     """Encode n frames (and optionally a mono signal as the audio track) into path.
 
     pts_ms: presentation times of the frames in milliseconds (VFR / late video start); default i / fps.
     stereo: "same" duplicates the signal in both channels, "left" puts it in the left one only.
+    b_frames: max consecutive B-frames (None: the encoder's default, 3 for libx264, 0 for mpeg4).
     """
     container = av.open(str(path), "w", options=muxer_options or {})
-    video = container.add_stream(codec, rate=fps)
+    video = container.add_stream(codec, rate=fps, options={} if b_frames is None else {"bf": str(b_frames)})
     video.width, video.height, video.pix_fmt = W, H, "yuv420p"
     if pts_ms is not None:
         video.codec_context.time_base = video.time_base = Fraction(1, 1000)
@@ -131,6 +132,73 @@ def test_frames_in_order_with_timestamps(videos, kind):
     np.testing.assert_allclose(times, np.arange(50) / 25, atol=1e-9)
     assert np.array_equal(read_frame_times(videos[kind]), times)
     assert np.array_equal(read_frame_times(videos[kind], decode=True), times)
+
+
+@pytest.fixture(scope="module")
+def b_frame_videos(tmp_path_factory) -> dict[str, Path]:
+    """Frames stored in decode order. H.264 in AVI: the demuxer numbers packets in decode order and the
+    decoder hands those numbers to the frames unsorted; MPEG-4 part 2 in AVI: the parser restores them,
+    but the first frame is shown one frame after the container's zero; H.264 in MP4: stored pts."""
+    d = tmp_path_factory.mktemp("bframes")
+    return {
+        "h264_avi": write_video(d / "h264.avi", b_frames=3,
+                                audio=("pcm_s16le", 22050, burst(22050, 2.0, 0.75))),
+        "mpeg4_avi": write_video(d / "mpeg4.avi", codec="mpeg4", b_frames=2,
+                                 audio=("pcm_s16le", 22050, burst(22050, 2.0, 0.75))),
+        "h264_mp4": write_video(d / "h264.mp4", b_frames=3),
+    }
+
+
+def decoded_pts(path: Path) -> list[int | None]:
+    """The pts of each decoded frame exactly as the decoder hands them out."""
+    with av.open(str(path)) as c:
+        return [f.pts for f in c.decode(c.streams.video[0])]
+
+
+def test_h264_in_avi_gives_decoded_frames_decode_order_pts(b_frame_videos):
+    raw = decoded_pts(b_frame_videos["h264_avi"])
+    assert any(b < a for a, b in zip(raw, raw[1:]))  # the case handled below is really there
+    assert sorted(raw) == list(range(raw[0], raw[0] + 50))  # right values, on the wrong frames
+    for kind in ("mpeg4_avi", "h264_mp4"):
+        raw = decoded_pts(b_frame_videos[kind])
+        assert all(b > a for a, b in zip(raw, raw[1:])), kind
+
+
+@pytest.mark.parametrize("kind", ["h264_avi", "mpeg4_avi", "h264_mp4"])
+def test_b_frames_in_display_order_with_presentation_times(b_frame_videos, kind):
+    path = b_frame_videos[kind]
+    frames = list(iter_frames(path))
+    assert [index_of(f.rgb) for f in frames] == list(range(50))
+    times = np.array([f.time for f in frames])
+    np.testing.assert_allclose(times, np.arange(50) / 25, atol=1e-9)
+    assert np.array_equal(read_frame_times(path), times)
+    assert np.array_equal(read_frame_times(path, decode=True), times)
+
+
+@pytest.mark.parametrize("kind", ["h264_avi", "mpeg4_avi"])
+def test_audio_of_a_b_frame_avi_is_placed_on_the_first_shown_frame(b_frame_videos, kind):
+    # the AVI shows frame 0 one frame (40 ms) after its zero, where the audio starts: the burst at
+    # 0.75 s of the file is heard 0.71 s after frame 0
+    assert decoded_pts(b_frame_videos[kind])[0] == 1
+    assert burst_time(read_audio(b_frame_videos[kind])) == pytest.approx(0.71, abs=TOLERANCE_S)
+
+
+def test_reorder_window_restores_any_displacement_it_covers():
+    class Fake:
+        def __init__(self, pts):
+            self.pts = pts
+
+    class FakeContainer:  # decode() is all presentation_frames asks of a container
+        def __init__(self, pts):
+            self.frames = [Fake(p) for p in pts]
+
+        def decode(self, stream):
+            return iter(self.frames)
+
+    far = REORDER_WINDOW  # the value 1 arrives REORDER_WINDOW frames late: still put first
+    pts = [0, *range(2, far + 1), 1, None, *range(far + 1, far + 5)]
+    got = [p for _, p in presentation_frames(FakeContainer(pts), None)]
+    assert got == [0, 1, *range(2, far + 1), None, *range(far + 1, far + 5)]
 
 
 def test_variable_frame_rate_keeps_real_timestamps(tmp_path):
