@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -127,10 +130,13 @@ def lines_of(path: Path) -> int:
 def test_val_split_writes_checks_and_scores(mini_quick, mini_db, tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "tiny.pth")
     out = tmp_path / "val"
+    out.mkdir()
+    (out / "notes.txt").write_text("x")  # not ours: kept
     ann = mini_quick / "annotations" / "abaw2021"
     rc = test_val_aff2.main(["--checkpoint", str(ckpt), "--db", str(mini_db), "--split", "val", "--out", str(out),
                              "--annotations", str(ann), "--workers", "0", "--edition", "abaw2021"])
     assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "raw", "scores.json", "submission"]
     meta = json.loads((mini_quick / "meta.json").read_text())
     frames = {t["name"]: v["n_frames"] for v in meta["videos"] for t in v["tracks"]}
     files = sorted((out / "submission").rglob("*.txt"))
@@ -176,8 +182,9 @@ def test_any_video_writes_csv_plot_and_overlay(mini_quick, tmp_path):
     n = len(read_frame_times(src))
     assert len(rows) == n + 1
     header = rows[0].split(",")
-    assert header[:8] == ["frame", "timestamp", "face_id", "success", "confidence", "valence", "arousal",
+    assert header[:9] == ["frame", "timestamp", "face_id", "success", "confidence", "audio", "valence", "arousal",
                           "expression"]
+    assert {r.split(",")[5] for r in rows[1:]} == {"1"}  # the video has sound
     assert "p_Neutral" in header and "p_AU12" in header and header[-1] == "AU26"
     success = [int(r.split(",")[3]) for r in rows[1:]]
     assert 0 in success and 1 in success  # the faceless stretch is there, and so are faces
@@ -222,3 +229,77 @@ def test_a_failed_run_leaves_the_previous_output_alone(toy, tmp_path, monkeypatc
                              "--split", "test", "--out", str(out)])
     assert rc == 2 and calls
     assert (out / "keep.txt").read_text() == "old" and not (out / "submission").exists()
+
+
+# --- split mode: only the run's own files are replaced, only once complete -----------------------
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_split_mode_replaces_only_its_own_outputs(toy, tmp_path, capsys):
+    w = tmp_path / "W"
+    w.mkdir()
+    db = Path(shutil.copytree(toy, w / "db"))  # the case: the database inside --out
+    (w / "notes.txt").write_text("x")
+    stale = w / f".split.partial-{dead_pid()}-abcd1234"  # a killed run's staging folder
+    (stale / "submission").mkdir(parents=True)
+    base = ["--checkpoint", str(tiny_checkpoint(tmp_path / "t.pth")), "--db", str(db), "--out", str(w),
+            "--workers", "0"]
+    assert test_val_aff2.main(base + ["--split", "test"]) == 0
+    assert (w / "raw" / "d.npz").is_file() and lines_of(w / "submission" / "VA_Set" / "d.txt") == 13
+    assert not stale.exists()
+    before = tree(w)
+    # val scored against annotations that are not there: exit 2 after predicting, nothing changed
+    assert test_val_aff2.main(base + ["--split", "val", "--tracks", "c", "--annotations", str(tmp_path / "none")]) == 2
+    assert "none: no annotation folders" in capsys.readouterr().err
+    assert tree(w) == before and sorted(p.name for p in w.iterdir()) == ["db", "notes.txt", "raw", "submission"]
+    # one set: a run without raw outputs takes the earlier raw/ away
+    assert test_val_aff2.main(base + ["--split", "test", "--no-raw"]) == 0
+    assert sorted(p.name for p in w.iterdir()) == ["db", "notes.txt", "submission"]
+    assert tree(w / "db") == {k.removeprefix("db/"): v for k, v in before.items() if k.startswith("db/")}
+
+
+def test_split_mode_refuses_to_replace_a_user_path(toy, tmp_path, capsys):
+    w = tmp_path / "W"
+    db = Path(shutil.copytree(toy, w / "raw"))
+    rc = test_val_aff2.main(["--checkpoint", str(tiny_checkpoint(tmp_path / "t.pth")), "--db", str(db),
+                             "--split", "test", "--out", str(w)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--db {db} is inside {w / 'raw'}, which this run replaces" in err
+    assert (db / "data.mdb").is_file() and sorted(p.name for p in w.iterdir()) == ["raw"]
+
+
+def test_an_unsafe_track_name_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from toy_db import add_video
+
+    from data import store
+
+    db = tmp_path / "db"
+    with store.Store(db, readonly=False) as s:
+        s.write_schema(["tsav", "mtmt"])
+        add_video(s, "evil", {"../../x": {}}, 12)
+    monkeypatch.setattr(infer, "predict_source", lambda *a, **k: pytest.fail("predicted an unsafe track"))
+    out = tmp_path / "deep" / "er" / "out"
+    rc = test_val_aff2.main(["--checkpoint", str(tiny_checkpoint(tmp_path / "t.pth")), "--db", str(db),
+                             "--split", "test", "--out", str(out)])
+    assert rc == 2
+    assert "track name: '../../x' is not a plain file name" in capsys.readouterr().err
+    assert not (tmp_path / "deep").exists() and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--chunk", "0"), ("--workers", "-1"),
+                                        ("--smooth", "0"), ("--detect-every", "0"), ("--au-threshold", "1.5"),
+                                        ("--batch-size", "-3")])
+def test_nonsensical_numbers_are_refused_when_parsing(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        test_val_aff2.main(["--checkpoint", "x.pth", "--video", "v.mp4", flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"argument {flag}: expected" in err and repr(value) in err

@@ -6,7 +6,8 @@ consecutive target frames; a chunk's crops (plus the (T−1)·d frames of histor
 are decoded once, by DataLoader workers, and every clip of the chunk is a gather from that array. Audio
 windows are gathered from the per-video log-mel, padded with silence at both ends, then floored and
 normalised per window, on the model's device. The outputs equal the per-clip path's (checked in
-``tests/test_infer.py``).
+``tests/test_infer.py``). ``predict_chunk`` is the step per chunk; the --video path calls it from a rolling
+window of frames as they are decoded (``utils.video_stream``).
 
 Frames without a face get a prediction too: their clip holds black frames where the face is missing,
 the earlier frames of the clip where it was visible, and the audio — the model predicts from context
@@ -102,14 +103,20 @@ def clip_batch(frames: torch.Tensor, targets: torch.Tensor, clip: ClipConfig, hi
 
 
 def audio_batch(mel_pad: torch.Tensor, centres: torch.Tensor, columns: int) -> torch.Tensor:
-    """(B, 1, 64, columns) dB windows sliced from a silence-padded log-mel (64, T + 2·half)."""
+    """(B, 1, 64, columns) dB windows sliced from a silence-padded log-mel (64, T + 2·half).
+
+    Columns past the end read the last one, which ``padded_mel`` makes silent: a stream whose last frame
+    time is not known in advance pads for the audio only.
+    """
     idx = centres[:, None] + torch.arange(columns, device=mel_pad.device)[None]
+    idx = idx.clamp_(max=mel_pad.shape[1] - 1)
     return mel_pad[:, idx].permute(1, 0, 2).unsqueeze(1)  # B×64×W → B×1×64×W
 
 
 def padded_mel(mel_db: np.ndarray | None, columns: int, last_centre: int, device: torch.device) -> torch.Tensor:
     """The log-mel in float32 with ``columns // 2`` silent columns before it and silence after it up to
-    ``last_centre + columns // 2`` (all silence without audio), so every window is a plain slice."""
+    ``last_centre + columns // 2`` (all silence without audio), so every window is a plain slice.
+    With ``last_centre`` ≥ the number of columns the last column is silence (see ``audio_batch``)."""
     half = columns // 2
     n = 0 if mel_db is None else mel_db.shape[1]
     out = torch.full((audio.N_MELS, max(n, last_centre + 1) + 2 * half), audio.SILENCE_DB, dtype=torch.float32)
@@ -130,7 +137,6 @@ def predict_source(model: nn.Module, source: TrackSource, clip: ClipConfig, batc
                    channels_last: bool = False, flip_tta: bool = False) -> dict[str, np.ndarray]:
     """Per-frame outputs for every source frame of a track, in frame order (see the module docstring)."""
     device = torch.device(device)
-    layout = model_layout(model)
     model.eval()
     chunks = ChunkFrames(source, clip, chunk)
     loader = DataLoader(chunks, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
@@ -140,22 +146,45 @@ def predict_source(model: nn.Module, source: TrackSource, clip: ClipConfig, batc
     mel = padded_mel(source.mel_db, columns, int(centres.max()), device)
     collected: dict[str, list[torch.Tensor]] = {"va": [], "expr_prob": [], "au_prob": [], "logits": []}
     for k, host in enumerate(loader):
-        frames = host.to(device, non_blocking=True)
-        flipped = torch.from_numpy(flip_frames(host.numpy(), clip.mask)).to(device) if flip_tta else None
         c0 = chunks.starts[k]
-        for b0 in range(0, len(frames) - chunks.history, batch_size):
-            targets = torch.arange(b0, min(b0 + batch_size, len(frames) - chunks.history), device=device)
-            batch = prepare_batch({"clip": clip_batch(frames, targets, clip, chunks.history),
-                                   "audio_db": audio_batch(mel, centres[c0 + targets], columns)}, device, channels_last)
-            out = run_model(model, batch, layout, device, amp)
-            if flipped is not None:
-                batch["clip"] = prepare_batch({"clip": clip_batch(flipped, targets, clip, chunks.history)}, device,
-                                              channels_last)["clip"]
-                out_f = run_model(model, batch, layout, device, amp)
-                out = {k: (out[k] + out_f[k]) / 2 for k in out}
-            for key, v in out.items():
-                collected[key].append(v.cpu())
+        out = predict_chunk(model, host, centres[c0:c0 + len(host) - chunks.history], mel, clip, batch_size,
+                            device, amp, channels_last, flip_tta)
+        for key, v in out.items():
+            collected[key].append(v)
     return {k: torch.cat(v).numpy() for k, v in collected.items()}
+
+
+@torch.no_grad()
+def predict_chunk(model: nn.Module, host: torch.Tensor, centres: torch.Tensor, mel: torch.Tensor,
+                  clip: ClipConfig, batch_size: int, device: torch.device, amp: str = "none",
+                  channels_last: bool = False, flip_tta: bool = False) -> dict[str, torch.Tensor]:
+    """Outputs (on the CPU) for the C target frames of one chunk.
+
+    ``host``: uint8 (H + C, S, S, 4) on the CPU, the H = (T−1)·d frames before the chunk then its C frames
+    (zeros before the start and without a face); ``centres``: the C frames' log-mel columns; ``mel``: the
+    output of ``padded_mel``. The database path and the streaming video path both go through here, with
+    the same batches, so they give the same numbers.
+    """
+    layout = model_layout(model)
+    history = (clip.clip_len - 1) * clip.dilation
+    frames = host.to(device, non_blocking=True)
+    flipped = torch.from_numpy(flip_frames(host.numpy(), clip.mask)).to(device) if flip_tta else None
+    collected: dict[str, list[torch.Tensor]] = {"va": [], "expr_prob": [], "au_prob": [], "logits": []}
+    n = len(frames) - history
+    for b0 in range(0, n, batch_size):
+        targets = torch.arange(b0, min(b0 + batch_size, n), device=device)
+        batch = prepare_batch({"clip": clip_batch(frames, targets, clip, history),
+                               "audio_db": audio_batch(mel, centres[targets], clip.audio_columns)}, device,
+                              channels_last)
+        out = run_model(model, batch, layout, device, amp)
+        if flipped is not None:
+            batch["clip"] = prepare_batch({"clip": clip_batch(flipped, targets, clip, history)}, device,
+                                          channels_last)["clip"]
+            out_f = run_model(model, batch, layout, device, amp)
+            out = {k: (out[k] + out_f[k]) / 2 for k in out}
+        for key, v in out.items():
+            collected[key].append(v.cpu())
+    return {k: torch.cat(v) for k, v in collected.items()}
 
 
 def run_model(model: nn.Module, batch: dict[str, torch.Tensor], layout: OutputLayout, device: torch.device,

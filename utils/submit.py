@@ -3,18 +3,22 @@
 Split mode: every source frame of every track of the split, through ``utils.infer`` (batched sliding
 windows over the database), mapped to the edition's outputs, written as the edition's submission files
 together with the raw per-frame outputs, checked with the submission checker, and on val scored with
-the official metrics. The output folder is assembled under a hidden name and renamed when complete.
+the official metrics. Track names from the database become file names only after
+``utils.paths.safe_component`` accepted them.
 
-Video mode: the preprocessing stages run in memory on one file (decode, track, align, masks, log-mel),
-then the same inference; a per-frame CSV (one row per decoded frame), a timeline plot and, on request,
-an overlay MP4 are written.
+Video mode: one file is decoded, tracked, aligned and predicted chunk by chunk (``utils.video_stream``:
+memory does not grow with the video's length); a per-frame CSV (one row per decoded frame), a timeline
+plot, the raw outputs and, on request, an overlay MP4 are written.
+
+Both modes write their files as one set (``utils.output_set``): staged in a hidden folder inside ``--out``,
+moved into place together once complete, replacing only the files of the same kind of an earlier run;
+whatever else ``--out`` holds is never touched.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -22,22 +26,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import audio, masks, video
 from data.annotations import TASKS
 from data.clips import ClipConfig, open_store
 from models.tsav import OutputLayout, get_layout, model_layout
-from utils import infer, video_report
+from utils import infer, video_report, video_stream
 from utils.metrics import Edition, format_scores, get_edition, write_json
+from utils.output_set import OutputSet
+from utils.paths import safe_component
 from utils.predict import edition_au_columns, load_model, split_tracks
 from utils.submission import (
     check_submission,
     read_test_list,
     score_submission,
-    swap_in,
     task_of_list,
     write_per_video,
     write_single_file,
 )
+
+SPLIT_FAMILY = ["submission", "raw", "scores.json"]  # what a split run writes into --out
 
 
 class PredictError(ValueError):
@@ -100,12 +106,23 @@ def tracks_of_split(db_path: str, split: str, test_lists: list[str]) -> dict[str
     return wanted
 
 
-def stage_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
+def check_track_names(tracks: list[str], db_path: str) -> None:
+    """Every track name must be one plain path component before it names a file (one-line error)."""
+    for t in tracks:
+        safe_component(t, f"{db_path}: track name")
+
+
+def split_user_paths(args: argparse.Namespace) -> dict[str, str]:
+    """The paths a split run reads: none of them may be replaced by its output set."""
+    paths = {"--db": args.db, "--checkpoint": args.checkpoint, "--annotations": args.annotations}
+    paths.update({f"--test-lists {f}": f for f in args.test_lists})
+    return paths
+
+
+def legacy_split_staging(out: Path) -> Path:
+    """Where earlier versions assembled the output (beside it); a killed run left it behind."""
+    out = out.resolve()
+    return out.with_name(f".{out.name}.partial")
 
 
 def write_submission(folder: Path, preds: dict[str, dict[str, np.ndarray]], edition: Edition, fmt: str) -> Path:
@@ -139,8 +156,41 @@ def run_split(args: argparse.Namespace) -> dict:
         wanted = {task: [t for t in ts if t in args.tracks] for task, ts in wanted.items()}
         wanted = {task: ts for task, ts in wanted.items() if ts}
     tracks = sorted({t for ts in wanted.values() for t in ts})
+    check_track_names(tracks, args.db)
     out = Path(args.out)
-    staging = stage_dir(out)
+    outputs = OutputSet(out, "split", SPLIT_FAMILY, split_user_paths(args),
+                        legacy=[legacy_split_staging(out)])
+    with outputs as staging:
+        subs, rows, frames, seconds = predict_tracks(args, model, clip, device, layout, edition, columns, wanted,
+                                                     tracks, staging)
+        write_submission(staging / "submission", subs, edition, args.format)
+        expected = {task: {t: len(subs[task][t]) for t in ts} for task, ts in wanted.items()}
+        problems = check_submission(staging / "submission", edition, expected)
+        written = ["submission"] + ([] if args.no_raw else ["raw"])
+        scores = None
+        if args.split == "val":  # scored before anything is swapped in: a failure leaves the old output
+            scores = score_submission(staging / "submission", args.annotations, edition, "Validation_Set")
+            write_json(scores, staging / "scores.json")
+            written.append("scores.json")
+        outputs.publish(written)
+    print_rows(rows, ["track", "frames", "faces", "seconds", "frames/s"])
+    print(f"\n{len(tracks)} tracks, {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s) → "
+          f"{out / 'submission'}; checker: {len(problems)} problem(s)")
+    for p in problems:
+        print(p)
+    result = {"out": str(out), "frames": frames, "seconds": seconds, "problems": [str(p) for p in problems]}
+    if scores is not None:
+        print(format_scores(scores))
+        result["scores"] = scores
+    return result
+
+
+def predict_tracks(args: argparse.Namespace, model: torch.nn.Module, clip: ClipConfig, device: torch.device,
+                   layout: OutputLayout, edition: Edition, columns: tuple[int, list[int]],
+                   wanted: dict[str, list[str]], tracks: list[str], staging: Path
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], list[list], int, float]:
+    """Predict every track; raw outputs go to ``staging/raw``. Returns (per task and track the edition's
+    outputs, the table rows, frames, seconds)."""
     subs: dict[str, dict[str, np.ndarray]] = {task: {} for task in wanted}
     rows, frames, t0 = [], 0, time.perf_counter()
     for track in tqdm(tracks, desc=f"predict {args.split}", unit="track", dynamic_ncols=True):
@@ -154,81 +204,75 @@ def run_split(args: argparse.Namespace) -> dict:
             if track in ts:
                 subs[task][track] = decoded[task]
         if not args.no_raw:
-            save_npz(staging / "raw" / f"{track}.npz", preds, source, layout)
+            save_npz(staging / "raw" / f"{track}.npz", preds, source.times, source.face, layout)
         seconds = time.perf_counter() - t1
         frames += len(source)
         rows.append([track, len(source), int(source.face.sum()), f"{seconds:.1f}", f"{len(source) / seconds:.1f}"])
-    write_submission(staging / "submission", subs, edition, args.format)
-    seconds = time.perf_counter() - t0
-    expected = {task: {t: len(subs[task][t]) for t in ts} for task, ts in wanted.items()}
-    problems = check_submission(staging / "submission", edition, expected)
-    swap_in(staging, out)  # the old output is removed only after the swap
-    print_rows(rows, ["track", "frames", "faces", "seconds", "frames/s"])
-    print(f"\n{len(tracks)} tracks, {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s) → "
-          f"{out / 'submission'}; checker: {len(problems)} problem(s)")
-    for p in problems:
-        print(p)
-    result = {"out": str(out), "frames": frames, "seconds": seconds, "problems": [str(p) for p in problems]}
-    if args.split == "val":
-        scores = score_submission(out / "submission", args.annotations, edition, "Validation_Set")
-        write_json(scores, out / "scores.json")
-        print(format_scores(scores))
-        result["scores"] = scores
-    return result
+    return subs, rows, frames, time.perf_counter() - t0
 
 
-def save_npz(path: Path, preds: dict[str, np.ndarray], source: infer.TrackSource, layout: OutputLayout) -> None:
+def save_npz(path: Path, preds: dict[str, np.ndarray], times: np.ndarray, face: np.ndarray,
+             layout: OutputLayout) -> Path:
     """Raw per-frame outputs for ensembling: logits, probabilities, VA, frame times and face flags."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, times=source.times, face=source.face, layout=layout.name,
+    np.savez_compressed(path, times=times, face=face, layout=layout.name,
                         expr_names=np.array(layout.expr_names), au_names=np.array(layout.au_names), **preds)
+    return path
 
 
 # --- any video ------------------------------------------------------------------------------------
-class ArrayWriter:
-    """Collects one track's aligned frames in memory (the ``TrackWriter`` interface of data.build)."""
-
-    def __init__(self, mask: str):
-        self.mask = mask
-        self.frames: list[np.ndarray] = []
-        self.face: list[bool] = []
-        self.confidence: list[float] = []
-        self.affines: list[np.ndarray] = []
-
-    def add(self, index: int, crop: np.ndarray | None, lm_crop: np.ndarray | None, conf: float = 0.0,
-            affine: np.ndarray | None = None) -> None:
-        frame = np.zeros((112, 112, 4), np.uint8)
-        if crop is not None:
-            frame[..., :3] = crop
-            frame[..., 3] = masks.render(self.mask, lm_crop)  # as a database reader would draw it
-        self.frames.append(frame)
-        self.face.append(crop is not None)
-        self.confidence.append(conf if crop is not None else 0.0)
-        self.affines.append(np.full((2, 3), np.nan) if affine is None else np.asarray(affine, float))
+def video_family(name: str) -> list[str]:
+    """The files a --video run writes for the video ``name``, as one set."""
+    return [f"{name}.csv", f"{name}_timeline.png", f"{name}.npz", f"{name}_overlay.mp4"]
 
 
-def preprocess_video(path: str, clip: ClipConfig, detector: str, detect_every: int) -> tuple[infer.TrackSource,
-                                                                                             ArrayWriter]:
-    """Decode, track, align and render one video in memory; one person (the most prominent face)."""
-    from data import build
+def legacy_video_temps(out: Path, name: str) -> list[Path]:
+    """Temp files that earlier versions wrote next to the outputs (a killed run left them behind)."""
+    return [out / f".{name}.csv.partial", out / f".{name}_timeline.partial.png", out / f".{name}.partial.npz",
+            out / f".{name}_overlay.partial.mp4"]
 
-    name = Path(path).stem
-    writer = ArrayWriter(clip.mask)
-    times: list[float] = []
-    job = build.VideoJob(str(path), name, [name])
-    opts = build.BuildOptions(masks=(clip.mask,), detector=detector, detect_every=detect_every)
-    build.run_detection(job, opts, {name: writer}, build.Timer(), times)
-    if not times:
-        raise PredictError(f"{path}: no frames decoded")
-    sound = video.read_audio(path, audio.SR) if video.probe(path).has_audio else None
-    mel = audio.logmel_db(sound, audio.SR) if sound is not None else None
-    source = infer.TrackSource(name, np.asarray(times), np.asarray(writer.face, bool), mel,
-                               frames=np.stack(writer.frames))
-    return source, writer
+
+def warn(message: str) -> None:
+    print(f"test_val_aff2.py: warning: {message}", file=sys.stderr)
+
+
+def video_warnings(path: Path, pred: video_stream.VideoPrediction) -> list[str]:
+    """What a reader of the CSV must know: no sound (face only), no face at all (no predictions)."""
+    out = []
+    if not pred.has_audio:
+        out.append(f"{path}: no audio stream: the predictions come from the face alone "
+                   "(the CSV's audio column is 0)")
+    if not pred.face.any():
+        out.append(f"{path}: no face found in any of its {len(pred)} frames: the CSV has empty prediction "
+                   "columns and no timeline, raw outputs or overlay are written")
+    return out
+
+
+def write_video_outputs(args: argparse.Namespace, path: Path, name: str, pred: video_stream.VideoPrediction,
+                        layout: OutputLayout, staging: Path) -> list[str]:
+    """The video's files in the staging folder; returns their names."""
+    preds = pred.preds if pred.face.any() else None  # no face anywhere: nothing to predict from
+    video_report.write_frame_csv(staging / f"{name}.csv", pred.times, pred.face, pred.confidence, preds,
+                                 layout.expr_names, layout.au_names, args.au_threshold, has_audio=pred.has_audio)
+    written = [f"{name}.csv"]
+    if preds is None:
+        return written
+    video_report.plot_timeline(staging / f"{name}_timeline.png", pred.times, pred.face, preds, layout.expr_names,
+                               layout.au_names, args.au_threshold, title=name)
+    written.append(f"{name}_timeline.png")
+    if not args.no_raw:
+        save_npz(staging / f"{name}.npz", preds, pred.times, pred.face, layout)
+        written.append(f"{name}.npz")
+    if args.overlay:
+        boxes = video_report.face_boxes(pred.affines)
+        video_report.write_overlay(path, staging / f"{name}_overlay.mp4", boxes, preds, layout.expr_names,
+                                   layout.au_names, args.au_threshold)
+        written.append(f"{name}_overlay.mp4")
+    return written
 
 
 def run_video(args: argparse.Namespace) -> dict:
-    """The any-video mode; returns the paths it wrote."""
+    """The any-video mode; returns the paths it wrote and its warnings."""
     path = Path(args.video)
     if not path.is_file():
         raise PredictError(f"{path}: no such video file")
@@ -236,39 +280,25 @@ def run_video(args: argparse.Namespace) -> dict:
     model, clip = load_model(args.checkpoint)
     model.to(device)
     layout = get_layout(model_layout(model))
+    out, name = Path(args.out), path.stem
+    outputs = OutputSet(out, f"{name}.video", video_family(name), {"--video": path, "--checkpoint": args.checkpoint},
+                        legacy=legacy_video_temps(out, name))
     t0 = time.perf_counter()
-    source, writer = preprocess_video(str(path), clip, args.detector, args.detect_every)
-    t1 = time.perf_counter()
-    preds = infer.predict_source(model, source, clip, args.batch_size, args.chunk, 0, device, args.amp,
-                                 args.channels_last, args.flip_tta)
-    preds = infer.smooth(preds, args.smooth)
+    with outputs as staging:
+        pred = video_stream.predict_video(str(path), model, clip, args.detector, args.detect_every, args.batch_size,
+                                          args.chunk, device, args.amp, args.channels_last, args.flip_tta)
+        pred.preds = infer.smooth(pred.preds, args.smooth)
+        t1 = time.perf_counter()
+        warnings = video_warnings(path, pred)
+        for w in warnings:
+            warn(w)
+        written = write_video_outputs(args, path, name, pred, layout, staging)
+        outputs.publish(written)
     t2 = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = path.stem
-    written = {
-        "csv": video_report.write_frame_csv(out / f"{name}.csv", source.times, source.face,
-                                            np.asarray(writer.confidence), preds, layout.expr_names,
-                                            layout.au_names, args.au_threshold),
-        "plot": video_report.plot_timeline(out / f"{name}_timeline.png", source.times, source.face, preds,
-                                           layout.expr_names, layout.au_names, args.au_threshold, title=name),
-    }
-    if not args.no_raw:
-        npz = out / f"{name}.npz"
-        tmp = out / f".{name}.partial.npz"
-        save_npz(tmp, preds, source, layout)
-        os.replace(tmp, npz)
-        written["raw"] = npz
-    if args.overlay:
-        boxes = video_report.face_boxes(np.stack(writer.affines))
-        written["overlay"] = video_report.write_overlay(path, out / f"{name}_overlay.mp4", boxes, preds,
-                                                        layout.expr_names, layout.au_names, args.au_threshold)
-    t3 = time.perf_counter()
-    n = len(source)
-    print_rows([["preprocess", f"{t1 - t0:.1f}", f"{n / (t1 - t0):.1f}"],
-                ["model", f"{t2 - t1:.1f}", f"{n / (t2 - t1):.1f}"],
-                ["outputs", f"{t3 - t2:.1f}", "-"]], ["stage", "seconds", "frames/s"])
-    print(f"{path}: {n} frames, face in {int(source.face.sum())}")
-    for kind, p in written.items():
-        print(f"  {kind:8s} {p}")
-    return {k: str(v) for k, v in written.items()}
+    n = len(pred)
+    print_rows([["decode, track, predict", f"{t1 - t0:.1f}", f"{n / (t1 - t0):.1f}"],
+                ["outputs", f"{t2 - t1:.1f}", "-"]], ["stage", "seconds", "frames/s"])
+    print(f"{path}: {n} frames, face in {int(pred.face.sum())}, audio: {'yes' if pred.has_audio else 'no'}")
+    for f in written:
+        print(f"  {out / f}")
+    return {"files": [str(out / f) for f in written], "warnings": warnings}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import av
 import cv2
 import numpy as np
 
-CSV_LEAD = ("frame", "timestamp", "face_id", "success", "confidence")
+CSV_LEAD = ("frame", "timestamp", "face_id", "success", "confidence", "audio")
 
 # Expression colours for the plot band and the overlay (RGB, 0-255), one per class name.
 EXPR_COLOURS = {
@@ -30,26 +31,43 @@ def csv_header(expr_names: tuple[str, ...], au_names: tuple[str, ...]) -> list[s
             + [f"p_{n}" for n in au_names] + list(au_names))
 
 
+def prediction_cells(preds: dict[str, np.ndarray] | None, n: int, width: int, expr_names: tuple[str, ...],
+                     au_threshold: float) -> Iterator[list]:
+    """Per frame, one row at a time: valence, arousal, expression, class probabilities, AU probabilities,
+    AU 0/1; ``width`` empty cells per frame when ``preds`` is None."""
+    if preds is None:
+        yield from ([""] * width for _ in range(n))
+        return
+    expr = preds["expr_prob"].argmax(1)
+    au_on = (preds["au_prob"] >= au_threshold).astype(int)
+    for i in range(n):
+        yield ([f"{preds['va'][i, 0]:.4f}", f"{preds['va'][i, 1]:.4f}", expr_names[expr[i]]]
+               + [f"{p:.4f}" for p in preds["expr_prob"][i]] + [f"{p:.4f}" for p in preds["au_prob"][i]]
+               + au_on[i].tolist())
+
+
 def write_frame_csv(path: str | Path, times: np.ndarray, has_face: np.ndarray, confidence: np.ndarray,
-                    preds: dict[str, np.ndarray], expr_names: tuple[str, ...], au_names: tuple[str, ...],
-                    au_threshold: float = 0.5, face_id: int = 0) -> Path:
-    """One row per decoded frame, OpenFace-like lead columns, then VA, expression, AU probabilities and 0/1."""
+                    preds: dict[str, np.ndarray] | None, expr_names: tuple[str, ...], au_names: tuple[str, ...],
+                    au_threshold: float = 0.5, face_id: int = 0, has_audio: bool = True) -> Path:
+    """One row per decoded frame, OpenFace-like lead columns, then VA, expression, AU probabilities and 0/1.
+
+    ``audio`` is 1 on every row when the video has sound, 0 when the predictions come from the face alone.
+    ``preds`` None (no face in the whole video): the prediction cells are left empty.
+    """
     n = len(times)
-    for key, arr in preds.items():
+    for key, arr in (preds or {}).items():
         if len(arr) != n:
             raise ValueError(f"{key} has {len(arr)} rows for {n} frames")
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
-    expr = preds["expr_prob"].argmax(1)
-    au_on = (preds["au_prob"] >= au_threshold).astype(int)
+    width = len(csv_header(expr_names, au_names)) - len(CSV_LEAD)
+    cells = prediction_cells(preds, n, width, expr_names, au_threshold)
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(csv_header(expr_names, au_names))
-        for i in range(n):
-            w.writerow([i, f"{times[i]:.3f}", face_id, int(has_face[i]), f"{confidence[i]:.3f}",
-                        f"{preds['va'][i, 0]:.4f}", f"{preds['va'][i, 1]:.4f}", expr_names[expr[i]]]
-                       + [f"{p:.4f}" for p in preds["expr_prob"][i]] + [f"{p:.4f}" for p in preds["au_prob"][i]]
-                       + au_on[i].tolist())
+        for i, row in enumerate(cells):
+            w.writerow([i, f"{times[i]:.3f}", face_id, int(has_face[i]), f"{confidence[i]:.3f}", int(has_audio)]
+                       + row)
     os.replace(tmp, path)
     return path
 
@@ -138,41 +156,83 @@ def face_boxes(affines: np.ndarray, size: int = 112) -> np.ndarray:
 
 def write_overlay(src: str | Path, out: str | Path, boxes: np.ndarray, preds: dict[str, np.ndarray],
                   expr_names: tuple[str, ...], au_names: tuple[str, ...], au_threshold: float = 0.5) -> Path:
-    """Re-encode the video (H.264) with boxes and predictions drawn on each frame; the audio is copied."""
+    """Re-encode the video (H.264) with boxes and predictions drawn on each frame; the audio is copied.
+
+    Frames go to the encoder in presentation order with their presentation timestamps, made strictly
+    increasing (``overlay_pts``): an AVI with B-frames hands decoded frames decode-order pts, which the
+    muxer refuses. The copied audio keeps its own timestamps, so it stays in sync with the pictures.
+    """
+    from data.video import presentation_frames  # here: the report's other writers need no decoder
+
     out = Path(out)
     tmp = out.with_name(f".{out.stem}.partial.mp4")
     expr = preds["expr_prob"].argmax(1)
     au_on = preds["au_prob"] >= au_threshold
-    with av.open(str(src)) as inp, av.open(str(tmp), "w") as dst:
+    with av.open(str(src)) as inp, av.open(str(src)) as sound, open_overlay(tmp, inp) as dst:
         vin = inp.streams.video[0]
         rate = Fraction(vin.average_rate or 30).limit_denominator(1001)
         vout = dst.add_stream("libx264", rate=rate)
         vout.width, vout.height = vin.codec_context.width // 2 * 2, vin.codec_context.height // 2 * 2
         vout.pix_fmt = "yuv420p"
-        vout.time_base = vin.time_base
-        ain = inp.streams.audio[0] if inp.streams.audio else None
-        aout = dst.add_stream_from_template(ain) if ain is not None else None
-        streams = [vin] + ([ain] if ain is not None else [])
-        i = 0
-        for packet in inp.demux(*streams):
-            if packet.stream is ain:
-                if packet.dts is not None:
-                    packet.stream = aout
-                    dst.mux(packet)
-                continue
-            for frame in packet.decode():
-                if i >= len(expr):
-                    break
-                bgr = frame.to_ndarray(format="bgr24")[: vout.height, : vout.width].copy()
-                names = [n for n, on in zip(au_names, au_on[i]) if on]
-                draw_predictions(bgr, boxes[i], preds["va"][i], expr_names[expr[i]], names)
-                new = av.VideoFrame.from_ndarray(bgr, format="bgr24")
-                new.pts = frame.pts  # original timestamps keep the copied audio in sync
-                new.time_base = vin.time_base
-                for p in vout.encode(new):
-                    dst.mux(p)
-                i += 1
-        for p in vout.encode():
-            dst.mux(p)
+        # the encoder's clock too: at 1/rate, variable-frame-rate pts would round onto each other
+        vout.time_base = vout.codec_context.time_base = vin.time_base
+        audio = AudioCopy(sound, dst)
+        pts = overlay_pts(presentation_frames(inp, vin), frame_ticks(rate, vin.time_base))
+        for i, (frame, frame_pts) in enumerate(pts):
+            if i >= len(expr):
+                break
+            audio.copy_until(float(frame_pts * vin.time_base))  # interleaved: the muxer buffers little
+            bgr = frame.to_ndarray(format="bgr24")[: vout.height, : vout.width].copy()
+            names = [n for n, on in zip(au_names, au_on[i]) if on]
+            draw_predictions(bgr, boxes[i], preds["va"][i], expr_names[expr[i]], names)
+            new = av.VideoFrame.from_ndarray(bgr, format="bgr24")
+            new.pts, new.time_base = frame_pts, vin.time_base
+            dst.mux(vout.encode(new))
+        dst.mux(vout.encode())
+        audio.copy_until(None)
     os.replace(tmp, out)
     return out
+
+
+def open_overlay(path: Path, inp: av.container.InputContainer) -> av.container.OutputContainer:
+    """The output MP4, its movie clock (ticks/s) a multiple of the input video's: a late first frame (an
+    AVI with B-frames starts one frame in) is then stored exactly in the edit list, not to the 1 ms."""
+    den = inp.streams.video[0].time_base.denominator
+    timescale = den if den >= 1000 else den * -(-1000 // den)
+    return av.open(str(path), "w", options={"movie_timescale": str(timescale)})
+
+
+def frame_ticks(rate: Fraction, time_base: Fraction) -> int:
+    """One frame's duration in ``time_base`` ticks (at least 1)."""
+    return max(1, round(1 / (rate * time_base)))
+
+
+def overlay_pts(frames: Iterator[tuple[av.VideoFrame, int | None]], step: int
+                ) -> Iterator[tuple[av.VideoFrame, int]]:
+    """Each frame with a strictly increasing pts: its own, or the previous one + ``step`` where it has
+    none or would not increase (duplicated timestamps)."""
+    last: int | None = None
+    for frame, pts in frames:
+        if pts is None or (last is not None and pts <= last):
+            pts = 0 if last is None else last + step
+        last = pts
+        yield frame, pts
+
+
+class AudioCopy:
+    """The first audio stream of an input, copied packet by packet (no re-encoding) into ``dst``."""
+
+    def __init__(self, src: av.container.InputContainer, dst: av.container.OutputContainer):
+        stream = src.streams.audio[0] if src.streams.audio else None
+        self.out = dst.add_stream_from_template(stream) if stream is not None else None
+        self.dst = dst
+        # packets without dts (e.g. a demuxer's flush packet) cannot be muxed
+        self.packets = (p for p in src.demux(stream) if p.dts is not None) if stream is not None else iter(())
+        self.next = next(self.packets, None)
+
+    def copy_until(self, seconds: float | None) -> None:
+        """Mux the packets that start at or before ``seconds`` (None: all that are left)."""
+        while self.next is not None and (seconds is None or self.next.dts * self.next.time_base <= seconds):
+            self.next.stream = self.out
+            self.dst.mux(self.next)
+            self.next = next(self.packets, None)
