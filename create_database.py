@@ -1,11 +1,13 @@
 """Raw videos (+ annotations) → one LMDB of aligned faces, masks, log-mel and labels.
 
     python create_database.py --videos VIDEOS --annotations ANNOTATIONS --out DB [--workers N]
-    python create_database.py --report DB [--json FILE]
+    python create_database.py --report DB [--json FILE] [--verify]
     python create_database.py --out DB --merge SHARD0 SHARD1 ...
 
 Exit status: 0 when every video is ok, 1 when some video failed (listed at the end; rerun the same
-command to retry them), 2 for bad arguments or paths (one line naming the flag or path).
+command to retry them) or, with --report --verify, when some video's stored bytes no longer match its
+sha256; 2 for bad arguments or paths, a database another build is writing, or a full disk (one line
+naming the flag or path).
 See README "Database" for the key scheme and data/build.py for the pipeline.
 """
 
@@ -22,6 +24,8 @@ import lmdb
 import opts
 from data import build, masks, store
 from data.annotations import AnnotationError
+from data.db_lock import DatabaseBusyError
+from data.verify import OK, verify_videos
 
 
 class UsageError(Exception):
@@ -34,15 +38,22 @@ def print_table(rows: list[list], header: list[str]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
 
 
-def run_report(db_path: str, json_path: str | None) -> int:
+def run_report(db_path: str, json_path: str | None, verify: bool = False) -> int:
     with store.Store(db_path) as db:
         if db.schema() is None:
             raise UsageError(f"{db_path}: not a database built by create_database.py (no schema record)")
         rep = store.report(db)
+        checked = verify_videos(db, db.video_names()) if verify else {}
+    header = ["track", "frames", "faces", "audio", "valid labels", "status", "sha256"]
     rows = [[t, v["frames"], v["faces"], "yes" if v["audio"] else "no",
              " ".join(f"{k}:{n}" for k, n in sorted(v["labels"].items())) or "-", v["status"][:40],
              v["sha256"][:12]] for t, v in sorted(rep["videos"].items())]
-    print_table(rows, ["track", "frames", "faces", "audio", "valid labels", "status", "sha256"])
+    if verify:
+        header.append("verified")
+        for row, (_, v) in zip(rows, sorted(rep["videos"].items())):
+            v["verified"] = checked[v["video"]]
+            row.append(v["verified"][:40])
+    print_table(rows, header)
     t = rep["totals"]
     print(f"\n{t['videos']} videos ({t['videos_ok']} ok, {t['videos_failed']} failed), {t['tracks']} tracks, "
           f"{t['frames']} frames, face rate {t['face_rate']:.1%}, {t['bytes_per_frame'] / 1024:.1f} KiB/frame "
@@ -50,7 +61,12 @@ def run_report(db_path: str, json_path: str | None) -> int:
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(rep, indent=1, sort_keys=True) + "\n")
-    return 0
+    damaged = sorted(v for v, status in checked.items() if status != OK)
+    if verify:
+        print(f"verified: {len(checked) - len(damaged)} of {len(checked)} videos match their sha256"
+              + (f"; DAMAGED: {', '.join(damaged)} (rerun the build command with --verify to rebuild them)"
+                 if damaged else ""))
+    return 1 if damaged else 0
 
 
 def summary_rows(metas: list[dict], seconds: float) -> list[list]:
@@ -90,9 +106,12 @@ def run(args) -> int:
     if args.json and not args.report:
         raise UsageError("--json is only used with --report")
     if args.report:
-        return run_report(args.report, args.json)
+        return run_report(args.report, args.json, args.verify)
+    if args.verify and args.merge:
+        raise UsageError("--verify is used with --report or when building, not with --merge (which checks "
+                         "every shard video's sha256 anyway)")
     if args.merge:
-        n = build.merge(args.out, args.merge)
+        n = build.merge(args.out, args.merge, int(args.chunk_mb * 2**20))
         print(f"merged {n} videos into {args.out}")
         return 0
     kinds = mask_kinds(args.masks)
@@ -106,9 +125,9 @@ def run(args) -> int:
     jobs = build.select_shard(jobs, build.parse_shard(args.shard))[: args.limit]
     options = build.BuildOptions(masks=kinds, detector=args.detector, detect_every=args.detect_every,
                                  limit_frames=args.limit_frames, crop_format=args.crop_format,
-                                 crop_quality=args.crop_quality)
+                                 crop_quality=args.crop_quality, chunk_bytes=int(args.chunk_mb * 2**20))
     t0 = time.perf_counter()
-    metas = build.build(jobs, args.out, options, workers=args.workers)
+    metas = build.build(jobs, args.out, options, workers=args.workers, verify=args.verify)
     if not metas:
         print(f"nothing to do: all {len(jobs)} videos are already complete in {args.out}")
         return 0
@@ -123,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
-    except (UsageError, FileNotFoundError, NotADirectoryError, AnnotationError, ValueError, lmdb.Error) as e:
+    except (UsageError, FileNotFoundError, NotADirectoryError, AnnotationError, ValueError, lmdb.Error,
+            DatabaseBusyError) as e:
         print(f"create_database.py: error: {e}", file=sys.stderr)
         return 2
 

@@ -17,7 +17,7 @@ DEFAULT_ANNOTATIONS = f"{DEFAULT_DATA}/annotations/abaw2021"
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineErrors(
         description="Score ABAW predictions with the official metrics of an edition, or check a "
         "submission for format problems (--check).")
     what = p.add_mutually_exclusive_group(required=True)
@@ -33,6 +33,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="Validation_Set",
                    help="annotation split to score against (Validation_Set or Train_Set)")
     p.add_argument("--json", default=None, help="also write the scores as JSON to this file")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="with --pred: score a submission that leaves labelled frames of some tracks without a "
+                   "prediction (by default an error: see README, Scoring)")
     p.add_argument("--videos", nargs="*", default=None,
                    help="with --check: folders of the videos, to count the frames each file must have "
                    "(without it the annotation line counts are used)")
@@ -52,6 +55,16 @@ def _positive_int(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return n
+
+
+def _positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return x
 
 
 def _shard_spec(text: str) -> str:
@@ -110,9 +123,15 @@ def create_database_parser() -> argparse.ArgumentParser:
                    help="process only the first N videos by name (after --shard)")
     p.add_argument("--limit-frames", type=_positive_int, default=None,
                    help="debugging: only the first N frames per video")
+    p.add_argument("--chunk-mb", type=_positive_float, default=16.0,
+                   help="MB of crops handed to the writer at a time: a long video is written in several "
+                        "transactions (its meta last), so memory does not grow with its length")
     p.add_argument("--report", metavar="DB", default=None,
                    help="print a per-track summary of an existing database instead of building")
     p.add_argument("--json", default=None, help="with --report: also write the report as JSON here")
+    p.add_argument("--verify", action="store_true",
+                   help="with --report: recompute every video's sha256 from its stored bytes (exit 1 on a "
+                        "mismatch); when building: also rebuild complete videos whose bytes no longer match")
     return p
 
 
@@ -121,9 +140,62 @@ def _args_of_line(line: str) -> list[str]:
     return line.split("#", 1)[0].split()
 
 
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
+            high_open: bool = False):
+    """An argparse type: a finite ``kind`` (int or float) within [low, high] ('open' ends excluded)."""
+    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+    want = f"{'an integer' if kind is int else 'a number'} {' and '.join(filter(None, (lo, hi)))}".strip()
+
+    def parse(text: str):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        finite = x == x and abs(x) != float("inf")
+        too_low = low is not None and (x <= low if low_open else x < low)
+        too_high = high is not None and (x >= high if high_open else x > high)
+        if not finite or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return x
+
+    return parse
+
+
+_count = _number(int, 0)  # 0 has a meaning (off / automatic) for these flags
+_amount = _number(float, 0.0)
+_positive = _number(float, 0.0, low_open=True)
+_factor_spread = _number(float, 0.0, 1.0, high_open=True)  # factors in [1-x, 1+x] must stay positive
+_probability = _number(float, 0.0, 1.0)
+
+
+def task_weights(text: str) -> dict[str, float]:
+    """'expr=3,au=1,va=1' → {'expr': 3.0, 'au': 1.0, 'va': 1.0}; ValueError unless known tasks and weights >= 0."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = (s.strip() for s in part.partition("="))
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if name not in ("expr", "au", "va") or not 0 <= weight < float("inf"):
+            raise ValueError(f"--task-weights: expected expr=W,au=W,va=W with weights >= 0, got {text!r}")
+        out[name] = weight
+    return out
+
+
+def _task_weights(text: str) -> str:
+    """argparse type of --task-weights: checked here, kept as text (utils.engine parses it again)."""
+    try:
+        task_weights(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--task-weights: ")) from None
+    return text
+
+
 def train_parser() -> argparse.ArgumentParser:
     """train.py: defaults are the published MTMT/TSAV settings (SPEC §3, §4) on full-size inputs."""
-    p = argparse.ArgumentParser(
+    p = _OneLineErrors(
         description="Train the two-stream aural-visual model (TSAV) or its MTMT variant on the LMDB database, "
         "optionally with the multi-task mean teacher. Launch with torchrun for several GPUs/nodes. "
         "@FILE reads flags from a file (e.g. shs/demo_train.args): one or more per line, # comments.",
@@ -131,7 +203,12 @@ def train_parser() -> argparse.ArgumentParser:
     p.convert_arg_line_to_args = _args_of_line
     g = p.add_argument_group("data")
     g.add_argument("--db", default="demo_out/db", help="LMDB database built by create_database.py")
-    g.add_argument("--output-dir", default="runs/train", help="folder for last.pth, best.pth, log.csv, tb/")
+    g.add_argument("--output-dir", default="runs/train",
+                   help="folder for config.json, last.pth, best.pth, log.csv, tb/; one that holds them already is "
+                   "refused unless --resume continues a checkpoint in it or --overwrite is given")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --output-dir: its config.json, last.pth, best.pth, log.csv and tb/ are "
+                   "removed when training starts (other files there are kept)")
     g.add_argument("--layout", default="abaw2021", choices=("abaw2020", "abaw2021", "mtmt", "abaw3"),
                    help="output layout (which column means what; sets the EXPR classes and AU set)")
     g.add_argument("--edition", default=None, choices=EDITIONS,
@@ -141,33 +218,36 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=_positive_int, default=112, help="clip height and width in pixels")
     g.add_argument("--clip-len", type=_positive_int, default=8, help="frames per clip (the labelled frame last)")
     g.add_argument("--dilation", type=_positive_int, default=6, help="spacing of the clip's frames, in source frames")
-    g.add_argument("--audio-seconds", type=float, default=10.0, help="length of the centred log-mel window")
-    g.add_argument("--workers", type=int, default=4, help="DataLoader worker processes per training process")
+    g.add_argument("--audio-seconds", type=_positive, default=10.0, help="length of the centred log-mel window")
+    g.add_argument("--workers", type=_count, default=4, help="DataLoader worker processes per training process")
     g = p.add_argument_group("sampling and augmentation")
-    g.add_argument("--samples-per-epoch", type=int, default=0,
+    g.add_argument("--samples-per-epoch", type=_count, default=0,
                    help="clips drawn per epoch over all processes (0: --epoch-fraction of the candidate frames)")
-    g.add_argument("--epoch-fraction", type=float, default=0.01,
+    g.add_argument("--epoch-fraction", type=_positive, default=0.01,
                    help="clips per epoch as a fraction of the candidate frames (MTMT: 1 %%)")
     g.add_argument("--balance-tasks", action="store_true",
                    help="draw so that each task's labelled frames get the same total weight")
     g.add_argument("--balance-expr", action="store_true", help="draw EXPR classes equally often")
-    g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip of the student clip")
-    g.add_argument("--jitter", type=float, default=0.1,
+    g.add_argument("--flip", type=_probability, default=0.5,
+                   help="probability of a horizontal flip of the student clip")
+    g.add_argument("--jitter", type=_factor_spread, default=0.1,
                    help="student brightness/contrast/saturation jitter: factors in [1-x, 1+x] (0: off)")
-    g.add_argument("--hue", type=float, default=0.0, help="student hue jitter, fraction of the colour circle")
-    g.add_argument("--teacher-jitter", type=float, default=0.2,
+    g.add_argument("--hue", type=_number(float, 0.0, 0.5), default=0.0,
+                   help="student hue jitter, fraction of the colour circle")
+    g.add_argument("--teacher-jitter", type=_factor_spread, default=0.2,
                    help="teacher brightness/contrast factors in [1-x, 1+x] (MTMT: 0.8-1.2)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="tsav", choices=("tsav", "mtmt"),
                    help="tsav: R(2+1)D-18 + ResNet-18, one head; mtmt: SE video stream, task heads, self-cure")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout before the head(s)")
+    g.add_argument("--dropout", type=_factor_spread, default=0.0, help="dropout before the head(s)")
     g.add_argument("--init-from", default=None,
                    help="checkpoint to start from: same model and layout → every weight, else the two streams "
                    "(e.g. a TSAV checkpoint to start MTMT)")
     g.add_argument("--video-init", default=None, help="torchvision r2plus1d_18 state dict (Kinetics-400) file")
     g.add_argument("--audio-init", default=None, help="torchvision resnet18 state dict (ImageNet) file")
     g = p.add_argument_group("loss and mean teacher")
-    g.add_argument("--task-weights", default="expr=3,au=1,va=1", help="supervised (and consistency) task weights")
+    g.add_argument("--task-weights", type=_task_weights, default="expr=3,au=1,va=1",
+                   help="supervised (and consistency) task weights")
     g.add_argument("--au-reduction", default="sum", choices=("sum", "mean"),
                    help="per-AU BCE terms summed over AUs (MTMT) or averaged")
     g.add_argument("--tsav-filter", action="store_true",
@@ -175,35 +255,36 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--ssl", default="none", choices=("none", "mean_teacher"), help="semi-supervised method")
     g.add_argument("--consistency", default="missing", choices=("missing", "all"),
                    help="consistency per task on the samples missing that label (MTMT) or on all samples")
-    g.add_argument("--consistency-weight", type=float, default=0.4,
+    g.add_argument("--consistency-weight", type=_amount, default=0.4,
                    help="maximum consistency weight (0: no consistency, the teacher is just an EMA of the weights)")
-    g.add_argument("--rampup-epochs", type=float, default=15, help="sigmoid ramp-up length of the consistency weight")
-    g.add_argument("--ema-decay", type=float, default=0.99, help="teacher EMA decay (after the 1-1/(step+1) warm-up)")
-    g.add_argument("--rank-weight", type=float, default=12.0, help="weight of the self-cure rank term (mtmt model)")
+    g.add_argument("--rampup-epochs", type=_amount, default=15, help="sigmoid ramp-up length of the consistency weight")
+    g.add_argument("--ema-decay", type=_probability, default=0.99,
+                   help="teacher EMA decay (after the 1-1/(step+1) warm-up)")
+    g.add_argument("--rank-weight", type=_amount, default=12.0, help="weight of the self-cure rank term (mtmt model)")
     g.add_argument("--select", default="auto", choices=("auto", "student", "teacher"),
                    help="model that is validated and saved (auto: teacher with --ssl mean_teacher)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int, default=100, help="epochs to train (MTMT: at most 100)")
-    g.add_argument("--stop-after", type=int, default=0,
+    g.add_argument("--stop-after", type=_count, default=0,
                    help="end this invocation after N epochs, to --resume later (e.g. cluster time limits); the "
                    "schedule still plans --epochs (0: run to the end)")
     g.add_argument("--batch-size", type=_positive_int, default=28, help="clips per step per process")
-    g.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
-    g.add_argument("--weight-decay", type=float, default=5e-5, help="Adam weight decay")
+    g.add_argument("--lr", type=_positive, default=5e-4, help="Adam learning rate")
+    g.add_argument("--weight-decay", type=_amount, default=5e-5, help="Adam weight decay")
     g.add_argument("--sched", default="none", choices=("none", "cosine", "step"),
                    help="learning-rate schedule, stepped per optimiser step")
-    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up")
-    g.add_argument("--min-lr", type=float, default=0.0, help="final learning rate of the cosine schedule")
+    g.add_argument("--warmup-epochs", type=_amount, default=0.0, help="linear learning-rate warm-up")
+    g.add_argument("--min-lr", type=_amount, default=0.0, help="final learning rate of the cosine schedule")
     g.add_argument("--step-epochs", type=_positive_int, default=30, help="step schedule: epochs between decays")
-    g.add_argument("--gamma", type=float, default=0.1, help="step schedule: decay factor")
-    g.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm to this (0: off)")
-    g.add_argument("--patience", type=int, default=10,
+    g.add_argument("--gamma", type=_positive, default=0.1, help="step schedule: decay factor")
+    g.add_argument("--clip-grad", type=_amount, default=0.0, help="clip the gradient norm to this (0: off)")
+    g.add_argument("--patience", type=_count, default=10,
                    help="stop after this many epochs without a better validation score (0: never)")
     g = p.add_argument_group("validation")
-    g.add_argument("--val-samples", type=int, default=0,
+    g.add_argument("--val-samples", type=_count, default=0,
                    help="validate on a fixed seeded subset of this many labelled frames (0: all of them)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=64, help="clips per validation step")
-    g.add_argument("--precise-bn", type=int, default=0,
+    g.add_argument("--precise-bn", type=_count, default=0,
                    help="before validating, recompute BatchNorm statistics of the validated model over this many "
                    "un-augmented training batches (0: keep the running averages)")
     g = p.add_argument_group("run")
@@ -212,8 +293,12 @@ def train_parser() -> argparse.ArgumentParser:
                    help="mixed precision on CUDA (auto: bf16 where supported; none on CPU)")
     g.add_argument("--channels-last", action="store_true", help="channels-last (3D) memory format on the GPU")
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower on GPU)")
-    g.add_argument("--seed", type=int, default=123, help="seed of the initialisation, sampling and augmentation")
-    g.add_argument("--resume", default=None, help="last.pth to continue from (model, teacher, optimiser, RNG, ...)")
+    g.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=123,
+                   help="seed of the initialisation, sampling and augmentation")
+    g.add_argument("--resume", default=None,
+                   help="last.pth to continue from (model, teacher, optimiser, RNG, ...); with a checkpoint of "
+                   "another folder the continuation is written to --output-dir, which must hold no run (or "
+                   "--overwrite)")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=True,
                    help="write TensorBoard logs to OUTPUT_DIR/tb")
     g.add_argument("--log-every", type=_positive_int, default=50, help="TensorBoard: steps between train scalars")
@@ -223,7 +308,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def test_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineErrors(
         description="Predict every frame of every video of a split from the database and write the edition's "
         "submission files (checked, and scored on val); or, with --video, predict one video file and write a "
         "per-frame CSV, a timeline plot and optionally an overlay MP4.")
@@ -237,30 +322,35 @@ def test_parser() -> argparse.ArgumentParser:
                    help="edition whose classes, AU set, file format and metrics to use")
     p.add_argument("--format", choices=("per-video", "single-file"), default="per-video",
                    help="per-video files (2020-2022) or one file per task (2023+)")
-    p.add_argument("--out", default="demo_out/test_val", help="output folder (written whole, then renamed)")
+    p.add_argument("--out", default="demo_out/test_val",
+                   help="output folder: this run's files (submission/, raw/, scores.json; with --video the video's "
+                   "files) are replaced together once complete, anything else in it is left alone")
     p.add_argument("--annotations", default=DEFAULT_ANNOTATIONS,
                    help="annotation folder to score val predictions against (evaluate.py)")
     p.add_argument("--test-lists", nargs="*", default=[],
                    help="test-set list files (track names; the task is read from the file name)")
     p.add_argument("--tracks", nargs="*", default=None, help="only these tracks of the split")
-    p.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
-    p.add_argument("--chunk", type=int, default=512,
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="clips per forward pass")
+    p.add_argument("--chunk", type=_positive_int, default=512,
                    help="consecutive frames decoded together; each crop is decoded once per chunk")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding chunks")
+    p.add_argument("--workers", type=_count, default=2, help="DataLoader processes decoding chunks (0: in the main "
+                   "process; --video always decodes in the main process)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                    help="autocast precision on CUDA (ignored on CPU)")
     p.add_argument("--channels-last", action="store_true", help="channels-last (3D) memory format on CUDA")
     p.add_argument("--flip-tta", action="store_true",
                    help="average the outputs of each clip and its mirror image (off by default)")
-    p.add_argument("--smooth", type=int, default=1,
+    p.add_argument("--smooth", type=_positive_int, default=1,
                    help="centred moving average over N frames of VA and the probabilities (1 = off)")
-    p.add_argument("--au-threshold", type=float, default=0.5, help="AU probability threshold for 0/1 outputs")
+    p.add_argument("--au-threshold", type=_probability, default=0.5,
+                   help="AU probability threshold for 0/1 outputs (0 to 1)")
     p.add_argument("--no-raw", action="store_true", help="do not save per-frame raw outputs (.npz)")
     p.add_argument("--video", default=None,
                    help="predict this one video file instead of a database split (any video, any source)")
     p.add_argument("--overlay", action="store_true",
                    help="with --video: also write an MP4 with the face box and predictions drawn, audio kept")
     p.add_argument("--detector", choices=("hog", "cnn"), default="hog", help="with --video: dlib face detector")
-    p.add_argument("--detect-every", type=int, default=5, help="with --video: run the detector every k frames")
+    p.add_argument("--detect-every", type=_positive_int, default=5,
+                   help="with --video: run the detector every k frames")
     return p

@@ -1,11 +1,11 @@
 """Per-video pipeline → LMDB: decode, track faces, align, render masks, log-mel, labels.
 
 One worker function turns a video (a ``VideoJob``) into a ``store.VideoRecord`` of plain bytes; the
-main process is the only writer and commits each video in one transaction. Workers are separate
-processes (``--workers N``, started from a fork server, one torch thread each, each loading the dlib
-models once); their log records are sent back with the results and logged by the main process. A
-worker that dies (segfault, out of memory) breaks only its own videos: the videos that were in
-flight are retried one at a time and the one that kills its worker again is recorded as failed.
+main process is the only writer. A long video is not held whole: every ``chunk_bytes`` of finished
+frame groups go to the writer, which commits them as their own transaction, and the video's last
+transaction writes the rest with its meta (data/chunks.py). Workers (``--workers N``) are separate
+processes (data/workers.py); a worker that dies breaks only its own videos. The main process holds
+the database's build lock (data/db_lock.py) for the whole build or merge.
 
 Resuming: a video whose meta says "ok" and whose inputs (tracks, importer, label content, options
 that change the output) match this run is skipped, so a killed run is resumed by running the same
@@ -16,34 +16,32 @@ the shard databases (checking each video's sha256).
 Two importers replace detection for users who already have it:
 - ``cropped_aligned``: the official 112x112 crops; landmarks are fitted on the crop for the masks.
 - ``tsav``: TSAV's alignment pickles, one per track (per frame a 2x3 frame→crop affine or None, plus
-  68 landmarks in crop coordinates).
+  68 landmarks in crop coordinates), read by a restricted unpickler (data/tsav_pickle.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing as mp
-import os
-import pickle
 import re
-import select
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from data import align, audio, masks, store, video
+from data import align, audio, chunks, masks, store, video
 from data.annotations import TASKS, TrackLabels, fit_length, read_annotations, read_video_list
+from data.db_lock import build_lock
+from data.tsav_pickle import load_tsav_alignment
+from data.verify import verify_videos
 from data.video import TRACK_SUFFIXES, find_videos, video_of_track
+from data.workers import run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +73,7 @@ class BuildOptions:
     limit_frames: int | None = None  # debugging: stop after this many frames
     crop_format: str = CROP_FORMAT
     crop_quality: int = CROP_QUALITY
+    chunk_bytes: int = chunks.CHUNK_BYTES  # frame groups handed to the writer this often (bounds memory)
 
     def content(self) -> dict:
         """The options (besides masks, which the schema fixes) that change what is stored."""
@@ -247,30 +246,51 @@ def encode_crop(rgb: np.ndarray, fmt: str = CROP_FORMAT, quality: int = CROP_QUA
 
 
 def decode_crop(b: bytes) -> np.ndarray:
-    """Stored crop bytes (JPEG or WebP) → RGB uint8."""
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    """Stored crop bytes (JPEG or WebP) → RGB uint8 (ValueError when they do not decode)."""
+    bgr = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{len(b)} bytes of a stored crop do not decode as JPEG or WebP")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class _Rows:
+    """Per-frame rows of one shape, in the dtype they are stored in: ~300 bytes a frame for a track's
+    arrays instead of a Python object per value (a 2-hour video has 216,000 frames)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: type):
+        self.data, self.n = np.empty((256, *shape), dtype), 0
+
+    def append(self, row) -> None:
+        if self.n == len(self.data):
+            self.data = np.concatenate([self.data, np.empty_like(self.data)])
+        self.data[self.n] = row  # the same rounding as converting the whole list at the end
+        self.n += 1
+
+    def array(self) -> np.ndarray:
+        return self.data[:self.n]
 
 
 class TrackWriter:
     """Collects one track's per-frame outputs: crops, masks, landmarks, has_face."""
 
-    def __init__(self, track: str, opts: BuildOptions, rec: store.VideoRecord, timer: Timer):
-        self.track, self.opts, self.rec, self.timer = track, opts, rec, timer
-        self.has_face: list[bool] = []
-        self.landmarks: list[np.ndarray] = []
-        self.affines: list[np.ndarray] = []
-        self.confidence: list[float] = []
+    def __init__(self, track: str, opts: BuildOptions, rec: store.VideoRecord, timer: Timer,
+                 spill: chunks.Spill | None = None):
+        self.track, self.opts, self.rec, self.timer, self.spill = track, opts, rec, timer, spill
+        self.has_face = _Rows((), bool)
+        self.landmarks = _Rows((68, 2), np.float16)
+        self.affines = _Rows((2, 3), np.float32)
+        self.confidence = _Rows((), np.float16)
         self.group: dict[int, dict[str, bytes]] = {}  # slot → part → bytes of the frames not yet written
 
     def add(self, index: int, crop: np.ndarray | None, lm_crop: np.ndarray | None, conf: float = 0.0,
             affine: np.ndarray | None = None) -> None:
         """One source frame: its crop (None = no face), crop landmarks, confidence and frame→crop affine."""
-        if len(self.has_face) != index:
-            raise ValueError(f"{self.track}: frame {index} out of order (expected {len(self.has_face)})")
+        if self.has_face.n != index:
+            raise ValueError(f"{self.track}: frame {index} out of order (expected {self.has_face.n})")
         self.has_face.append(crop is not None)
         self.confidence.append(conf if crop is not None else 0.0)
-        self.landmarks.append(np.full((68, 2), np.nan, np.float32) if lm_crop is None else lm_crop)
-        self.affines.append(np.full((2, 3), np.nan, np.float32) if affine is None else affine)
+        self.landmarks.append(np.nan if lm_crop is None else np.asarray(lm_crop).reshape(68, 2))
+        self.affines.append(np.nan if affine is None else np.asarray(affine).reshape(2, 3))
         if crop is not None:
             parts = {"rgb": encode_crop(crop, self.opts.crop_format, self.opts.crop_quality)}
             self.timer.lap("encode")
@@ -282,6 +302,8 @@ class TrackWriter:
             self.group[index % store.FRAMES_PER_VALUE] = parts
         if index % store.FRAMES_PER_VALUE == store.FRAMES_PER_VALUE - 1:
             self._flush(index)
+        if self.spill is not None:
+            self.spill.frame_done(index + 1)
 
     def _flush(self, index: int) -> None:
         """Write the group of frame ``index`` (nothing when none of its frames has a face)."""
@@ -291,14 +313,14 @@ class TrackWriter:
 
     def finish(self) -> int:
         """Store the last frames and the per-frame arrays; returns the number of frames with a face."""
-        if self.has_face:
-            self._flush(len(self.has_face) - 1)
-        face = np.array(self.has_face, bool)
+        if self.has_face.n:
+            self._flush(self.has_face.n - 1)
+        face = self.has_face.array()
         key = store.track_key(self.track)
         self.rec.put_array(key + b"/face", face)
-        self.rec.put_array(key + b"/landmarks", np.array(self.landmarks, np.float16).reshape(-1, 68, 2))
-        self.rec.put_array(key + b"/affine", np.array(self.affines, np.float32).reshape(-1, 2, 3))
-        self.rec.put_array(key + b"/confidence", np.array(self.confidence, np.float16))
+        self.rec.put_array(key + b"/landmarks", self.landmarks.array())
+        self.rec.put_array(key + b"/affine", self.affines.array())
+        self.rec.put_array(key + b"/confidence", self.confidence.array())
         return int(face.sum())
 
 
@@ -384,15 +406,6 @@ def run_cropped_aligned(job: VideoJob, opts: BuildOptions, writers: dict[str, Tr
     return {}
 
 
-def load_tsav_alignment(path: str | Path) -> tuple[list, list]:
-    """TSAV's pickle: {'frame': [2x3 affine or None per frame], 'mask': [68x2 crop landmarks per frame]}."""
-    with open(path, "rb") as fh:
-        d = pickle.load(fh)  # noqa: S301 - the user's own alignment files
-    if not isinstance(d, dict) or "frame" not in d or "mask" not in d:
-        raise ValueError(f"{path}: not a TSAV alignment pickle (expected a dict with keys 'frame' and 'mask')")
-    return list(d["frame"]), list(d["mask"])
-
-
 def _tsav_entry(affines: list, lms: list, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     m = affines[i] if i < len(affines) else None
     if m is None:
@@ -451,13 +464,22 @@ def failed_record(job: VideoJob, opts: BuildOptions, reason: str) -> store.Video
     return rec
 
 
-def process_video(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
-    """The whole per-video pipeline; a failure yields a record with status 'failed: <reason>'."""
+def process_video(job: VideoJob, opts: BuildOptions,
+                  send: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> store.VideoRecord:
+    """The whole per-video pipeline; a failure yields a record with status 'failed: <reason>'.
+
+    ``send``: hands finished frame groups on every ``opts.chunk_bytes`` (the writer commits them ahead of the
+    record, which then holds the rest; ``rec.chunks`` counts them); without it the record holds everything.
+    ``progress(frames done, frames expected)``: called about once a second.
+    """
     timer = Timer()
     rec = new_record(job, opts)
+    spill = chunks.Spill(rec, opts.chunk_bytes, 0, send, progress)
     try:
         info = video.probe(job.path)
-        writers = {t: TrackWriter(t, opts, rec, timer) for t in job.tracks}
+        spill.total = info.num_frames
+        writers = {t: TrackWriter(t, opts, rec, timer, spill) for t in job.tracks}
         times: list[float] = []
         counters = RUNNERS[job.source](job, opts, writers, timer, times)
         n = len(times)
@@ -489,183 +511,112 @@ def process_video(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
             "audio": sound is not None, "audio_rate": audio.SR if sound is not None else None,
             "masks": list(opts.masks), "faces": faces_total, **counters,
         })
+    except lmdb.Error:  # writing a chunk failed (e.g. a full disk): the build stops, not just this video
+        raise
     except Exception as e:  # noqa: BLE001 - any bad file becomes a logged, recorded failure
         log.debug("%s: failed: %s: %s", job.path, type(e).__name__, e)
         rec.items.clear()
         rec.meta.update({"status": f"failed: {type(e).__name__}: {e}"})
-    rec.meta["stats"] = {"seconds": dict(timer.seconds), "bytes": sum(len(k) + len(v) for k, v in rec.items)}
+    rec.chunks = spill.chunks
+    rec.meta["stats"] = {"seconds": dict(timer.seconds), "chunks": spill.chunks,
+                         "bytes": spill.sent_bytes + sum(len(k) + len(v) for k, v in rec.items)}
     return rec
 
 
 # --- the driver -----------------------------------------------------------------------------------
-# Workers start from a fork server that imported this module before any thread pool existed:
-# forking the main process itself is unsafe once OpenCV or torch have started their thread pools
-# (a child inherits their locks without their threads and can hang, e.g. in cv2.setNumThreads).
-START_METHOD = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+class _BuildSink:
+    """The main process's end of a build: the single writer (chunks, then each video's last transaction),
+    the progress bar (videos done; frames of the videos in flight) and the metas of the videos written."""
+
+    def __init__(self, db: store.Store, opts: BuildOptions, total: int):
+        self.writer, self.opts = chunks.VideoWriter(db), opts
+        self.metas: list[dict] = []
+        self.in_flight: dict[str, str] = {}  # video → "done/expected frames"
+        self.last = ""  # the last video written and its status
+        self.bar = tqdm(total=total, desc="videos", unit="video", dynamic_ncols=True, disable=not total)
+
+    def _show(self) -> None:
+        self.bar.set_postfix_str(", ".join([x for x in [self.last] if x] +
+                                           [f"{v} {f}" for v, f in self.in_flight.items()]))
+
+    def chunk(self, job: VideoJob, items: list[tuple[bytes, bytes]]) -> None:
+        self.writer.chunk(job.name, job.tracks, items)
+
+    def progress(self, job: VideoJob, done: int, expected: int) -> None:
+        self.in_flight[job.name] = f"{done}/{expected} frames"
+        self._show()
+
+    def abandon(self, job: VideoJob) -> None:
+        self.writer.abandon(job.name)
+        self.in_flight.pop(job.name, None)
+
+    def failed(self, job: VideoJob, reason: str) -> store.VideoRecord:
+        return failed_record(job, self.opts, reason)
+
+    def commit(self, rec: store.VideoRecord) -> None:
+        self.writer.finish(rec)
+        self.metas.append(rec.meta)
+        if rec.meta["status"] != "ok":
+            log.warning("%s: %s", rec.meta.get("source", rec.name), rec.meta["status"])
+        self.in_flight.pop(rec.name, None)
+        self.last = f"{rec.name}: {rec.meta['status'][:30]}"
+        self.bar.update(1)
+        self._show()
 
 
-class _LogCapture(logging.Handler):
-    """Collects a worker's log records so the main process can emit them (its handlers are there)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[tuple[int, str, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append((record.levelno, record.name, record.getMessage()))
-
-
-def _exit_with(pid: int) -> None:
-    """End this worker as soon as process ``pid`` (the main process) is gone, even after a SIGKILL:
-    workers started by a fork server are not its children, and would otherwise wait forever."""
-
-    def watch() -> None:
-        try:
-            fd = os.pidfd_open(pid)  # Linux: readable once the process has ended
-            select.select([fd], [], [])
-        except (AttributeError, OSError):
-            while True:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                except PermissionError:
-                    pass
-                time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-main", daemon=True).start()
+def _to_do(db: store.Store, jobs: list[VideoJob], opts: BuildOptions, verify: bool) -> list[VideoJob]:
+    """The jobs not complete in ``db`` with this run's inputs (with ``verify``: or whose stored bytes no
+    longer match their sha256)."""
+    todo, stale, complete = [], [], []
+    for job in jobs:
+        meta = db.video_meta(job.name)
+        if meta is not None and meta.get("status") == "ok":
+            if meta.get("inputs") == job_inputs(job, opts):
+                complete.append(job)
+                continue
+            stale.append(job.name)
+        todo.append(job)
+    if stale:
+        log.warning("%d videos were built from other inputs (tracks, labels, importer or options) and are "
+                    "rebuilt: %s%s", len(stale), ", ".join(stale[:5]), " ..." if len(stale) > 5 else "")
+    if verify and complete:
+        checked = verify_videos(db, [j.name for j in complete])
+        damaged = [j for j in complete if checked[j.name] != "ok"]
+        for job in damaged:
+            log.warning("%s: stored bytes %s; rebuilt", job.name, checked[job.name])
+        todo += damaged
+    log.info("%d videos, %d already complete, %d to do", len(jobs), len(jobs) - len(todo), len(todo))
+    return todo
 
 
-def _init_worker(level: int, main_pid: int) -> None:
-    """Worker process setup: one torch thread (the processes are the parallelism), log records go
-    back with the results, and the worker ends with the main process (no orphans after a kill)."""
-    import torch
-
-    torch.set_num_threads(1)
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    root.addHandler(logging.NullHandler())
-    root.setLevel(level)
-    _exit_with(main_pid)
-
-
-def _work(job: VideoJob, opts: BuildOptions) -> store.VideoRecord:
-    """``process_video`` in a worker, with the log records it produced attached to the record."""
-    capture = _LogCapture()
-    root = logging.getLogger()
-    root.addHandler(capture)
-    try:
-        rec = process_video(job, opts)
-    finally:
-        root.removeHandler(capture)
-    rec.log = capture.records
-    return rec
-
-
-def _executor(workers: int) -> ProcessPoolExecutor:
-    ctx = mp.get_context(START_METHOD)
-    if START_METHOD == "forkserver":
-        ctx.set_forkserver_preload(["data.build"])
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(logging.getLogger().getEffectiveLevel(), os.getpid()))
-
-
-def _pool_pass(jobs: list[VideoJob], opts: BuildOptions, workers: int,
-               commit: Callable[[store.VideoRecord], None]) -> tuple[list[VideoJob], list[VideoJob]]:
-    """Run jobs in a pool of worker processes, committing each result as it arrives.
-
-    Returns ([], []) when all finished, else (jobs in flight when a worker died, jobs not started).
-    """
-    queue = list(reversed(jobs))
-    running: dict = {}
-    ex = _executor(workers)
-    try:
-        while queue or running:
-            while queue and len(running) < 2 * workers:
-                try:
-                    fut = ex.submit(_work, queue[-1], opts)
-                except BrokenProcessPool:  # a worker died since the last results came in
-                    return list(running.values()), list(reversed(queue))
-                running[fut] = queue.pop()
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            broken = False
-            for fut in done:
-                if isinstance(fut.exception(), BrokenProcessPool):
-                    broken = True
-                    continue
-                job = running.pop(fut)
-                if fut.exception() is not None:  # e.g. a result that could not be sent back
-                    e = fut.exception()
-                    commit(failed_record(job, opts, f"worker error: {type(e).__name__}: {e}"))
-                else:
-                    rec = fut.result()
-                    for level, name, msg in rec.log:
-                        logging.getLogger(name).log(level, "%s", msg)
-                    commit(rec)
-            if broken:
-                return list(running.values()), list(reversed(queue))
-        return [], []
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
-
-
-def _run_parallel(jobs: list[VideoJob], opts: BuildOptions, workers: int,
-                  commit: Callable[[store.VideoRecord], None]) -> None:
-    pending = list(jobs)
-    while pending:
-        suspects, pending = _pool_pass(pending, opts, workers, commit)
-        if suspects:
-            log.warning("a worker process died; retrying %s one at a time", ", ".join(j.name for j in suspects))
-        for job in suspects:
-            again, _ = _pool_pass([job], opts, 1, commit)
-            if again:
-                log.warning("%s: its worker process died (crash or out of memory)", job.path)
-                commit(failed_record(job, opts, "worker process died (crash or out of memory)"))
-
-
-def build(jobs: list[VideoJob], out: str | Path, opts: BuildOptions, workers: int = 1) -> list[dict]:
+def build(jobs: list[VideoJob], out: str | Path, opts: BuildOptions, workers: int = 1,
+          verify: bool = False) -> list[dict]:
     """Process every job not yet complete (with the same inputs) in ``out``; returns the metas of
-    the videos processed now, in commit order."""
-    with store.Store(out, readonly=False) as db:
+    the videos processed now, in commit order. Holds ``out``'s build lock (DatabaseBusyError when
+    another build or merge has it); ``verify``: also rebuild complete videos whose bytes changed."""
+    with build_lock(out), store.Store(out, readonly=False) as db:
         db.write_schema(list(opts.masks))
-        todo, stale = [], []
-        for job in jobs:
-            meta = db.video_meta(job.name)
-            if meta is not None and meta.get("status") == "ok":
-                if meta.get("inputs") == job_inputs(job, opts):
-                    continue
-                stale.append(job.name)
-            todo.append(job)
-        if stale:
-            log.warning("%d videos were built from other inputs (tracks, labels, importer or options) and are "
-                        "rebuilt: %s%s", len(stale), ", ".join(stale[:5]), " ..." if len(stale) > 5 else "")
-        log.info("%d videos, %d already complete, %d to do", len(jobs), len(jobs) - len(todo), len(todo))
-        metas: list[dict] = []
-        bar = tqdm(total=len(todo), desc="videos", unit="video", dynamic_ncols=True, disable=not todo)
-
-        def commit(rec: store.VideoRecord) -> None:
-            db.write_video(rec)
-            metas.append(rec.meta)
-            if rec.meta["status"] != "ok":
-                log.warning("%s: %s", rec.meta.get("source", rec.name), rec.meta["status"])
-            bar.set_postfix_str(f"{rec.name}: {rec.meta['status'][:30]}")
-            bar.update(1)
-
+        cleared = chunks.clear_interrupted(db)
+        if cleared:
+            log.info("removed the partial data of %d videos an interrupted build was writing: %s", len(cleared),
+                     ", ".join(cleared[:5]) + (" ..." if len(cleared) > 5 else ""))
+        todo = _to_do(db, jobs, opts, verify)
+        sink = _BuildSink(db, opts, len(todo))
         try:
             if workers <= 1 or len(todo) <= 1:
                 for job in todo:
-                    commit(process_video(job, opts))
+                    sink.commit(process_video(job, opts, send=lambda items, job=job: sink.chunk(job, items),
+                                              progress=lambda done, n, job=job: sink.progress(job, done, n)))
             else:
-                _run_parallel(todo, opts, workers, commit)
+                run_parallel(process_video, todo, opts, workers, sink)
         finally:
-            bar.close()
-    return metas
+            sink.bar.close()
+    return sink.metas
 
 
-def merge(out: str | Path, shards: list[str | Path]) -> int:
-    """Combine shard databases into ``out`` (same schema required; every video's sha256 checked)."""
+def merge(out: str | Path, shards: list[str | Path], chunk_bytes: int = chunks.CHUNK_BYTES) -> int:
+    """Combine shard databases into ``out`` (same schema required; every video's sha256 checked), holding
+    ``out``'s build lock; a long video is copied ``chunk_bytes`` at a time."""
     schemas = []
     for shard in shards:
         if Path(shard).resolve() == Path(out).resolve():
@@ -678,9 +629,11 @@ def merge(out: str | Path, shards: list[str | Path]) -> int:
             raise ValueError(f"{shard}: schema {schema} differs from {shards[0]}'s {schemas[0]}")
         schemas.append(schema)
     n = 0
-    with store.Store(out, readonly=False) as db:
+    with build_lock(out, "merge"), store.Store(out, readonly=False) as db:
         db.write_schema(schemas[0]["masks"])
+        chunks.clear_interrupted(db)
+        writer = chunks.VideoWriter(db)
         for shard in shards:
             with store.Store(shard) as src:
-                n += db.copy_from(src)
+                n += chunks.copy_videos(src, writer, chunk_bytes)
     return n

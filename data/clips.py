@@ -27,6 +27,7 @@ process (never pickled); per-video log-mel arrays are cached per process (LRU).
 from __future__ import annotations
 
 import os
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,15 @@ for _a, _b in ((masks.TSAV_LEFT_BROW, masks.TSAV_RIGHT_BROW), (masks.TSAV_LEFT_E
 
 class DatasetError(ValueError):
     """A database that cannot give what the run asks for (mask, split, labels); raised before training."""
+
+
+class DamagedFrameError(ValueError):
+    """A stored frame (group header, crop or mask) that cannot be decoded: one line naming track and frame."""
+
+
+def _damaged(track: str, index: int, what: str) -> DamagedFrameError:
+    return DamagedFrameError(f"track {track} frame {index}: {what}; the database is damaged (check it with "
+                             "create_database.py --report DB --verify, rebuild with --verify)")
 
 
 _OPEN: dict[str, store.Store] = {}
@@ -180,17 +190,24 @@ def decode_frame(txn, track: str, index: int, mask: str, landmarks: np.ndarray |
     if value is None:
         return None
     slot = index % store.FRAMES_PER_VALUE
-    rgb_b = store.unpack_frame(value, slot, "rgb")
-    if rgb_b is None:
+    try:
+        rgb_b = store.unpack_frame(value, slot, "rgb")
+        mask_b = store.unpack_frame(value, slot, mask) if landmarks is None else None
+    except (ValueError, struct.error, UnicodeDecodeError) as e:
+        raise _damaged(track, index, f"its stored frame group cannot be read ({e})") from None
+    if rgb_b is None or (landmarks is None and mask_b is None):
         return None
     if landmarks is None:
-        mask_b = store.unpack_frame(value, slot, mask)
-        if mask_b is None:
-            return None
-        grey = masks.decode_png(mask_b)
+        try:
+            grey = masks.decode_png(mask_b)
+        except (ValueError, cv2.error) as e:
+            raise _damaged(track, index, f"its stored {mask} mask cannot be decoded ({e})") from None
     else:
         grey = masks.render(mask, landmarks)
     bgr = cv2.imdecode(np.frombuffer(rgb_b, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape != (CROP, CROP, 3) or grey.shape != (CROP, CROP):
+        raise _damaged(track, index, "its stored crop cannot be decoded" if bgr is None else
+                       f"its stored crop decodes to {bgr.shape}, not {CROP}x{CROP}x3")
     out = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA, dst=out)  # one SIMD pass, not a strided channel copy
     out[..., 3] = grey
     return out
@@ -205,12 +222,19 @@ def mask_is_stored(db: store.Store, mask: str) -> bool:
     return mask in (db.schema() or {}).get("masks", [])
 
 
-def read_frames(txn, track: str, rows: list[tuple[int, int]], mask: str, draw_mask: bool, out: np.ndarray) -> None:
+def read_frames(txn, track: str, rows: list[tuple[int, int]], mask: str, draw_mask: bool, out: np.ndarray,
+                where: str = "") -> None:
     """Decode frames of a track into ``out`` (N×112×112×4 uint8): ``rows`` = (row of out, frame index) of the
-    frames with a face; the mask is read as PNG or, with ``draw_mask``, drawn from the stored landmarks."""
+    frames with a face; the mask is read as PNG or, with ``draw_mask``, drawn from the stored landmarks.
+    A frame that cannot be decoded raises DamagedFrameError (prefixed with ``where``, e.g. the database path)."""
     lms = store.array_view(txn.get(landmarks_key(track))) if draw_mask and rows else None
-    for row, i in rows:
-        decode_frame(txn, track, i, mask, None if lms is None else lms[i], out[row])
+    try:
+        for row, i in rows:
+            decode_frame(txn, track, i, mask, None if lms is None else lms[i], out[row])
+    except DamagedFrameError as e:
+        if not where:
+            raise
+        raise DamagedFrameError(f"{where}: {e}") from None
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -476,7 +500,7 @@ class ClipDataset(Dataset):
         rows = [(k, int(i)) for k, i in enumerate(frame + self.clip.frame_offsets())
                 if 0 <= i < len(track.face) and track.face[i]]
         with self.db.env.begin(buffers=True) as txn:
-            read_frames(txn, track.name, rows, self.clip.mask, self.draw_mask, out)
+            read_frames(txn, track.name, rows, self.clip.mask, self.draw_mask, out, where=str(self.db_path))
         return out
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:

@@ -1,11 +1,11 @@
-"""The LMDB schema: keys, record encoding, one write transaction per video, report and sha256.
+"""The LMDB schema: keys, record encoding, writing a video with its meta last, report and sha256.
 
 One LMDB environment holds the whole database. Keys are ASCII; arrays are stored as ``.npy`` bytes
 (self-describing dtype and shape), metadata as JSON. Frame indices are **0-based** source-frame
 indices (annotation line k+1 and official crop ``%05d.jpg`` number k+1 both mean index k).
 
     __schema__                       JSON  {"version", "masks": [...]}
-    v/<video>                        JSON  video meta; written last in the video's transaction, so its
+    v/<video>                        JSON  video meta; written in the video's last transaction, so its
                                            presence means the video is complete ("status": "ok" or
                                            "failed: <reason>"); also "tracks", "frames", "faces" (all
                                            tracks), "audio", "importer", "options", "sha256", "stats"
@@ -33,11 +33,16 @@ indices (annotation line k+1 and official crop ``%05d.jpg`` number k+1 both mean
                                            frames instead of one per part: LMDB rounds every value over
                                            ~2 KiB up to whole 4 KiB pages.
 
+    partial/<video>                  JSON  {"tracks": [...]}: only while a long video is written in several
+                                           transactions (data/chunks.py); never next to v/<video>
+
 A track is a video name, or ``<video>_left`` / ``<video>_right`` for two-person videos.
 
 A failed video keeps only its meta key (with "tracks" and the reason in "status"). Rewriting a
-video deletes its old keys and writes the new ones in the same transaction, so a reader never sees
-a half-written video; a full map is grown (doubled) and the transaction retried.
+video deletes its old keys; a short video is written whole in one transaction, a long one in
+chunks with its meta in the last transaction (data/chunks.py), so a reader that goes by the meta
+never sees a half-written video. A full map is grown (doubled) and the transaction retried; a full
+disk raises NoSpaceError naming the folder.
 """
 
 from __future__ import annotations
@@ -179,6 +184,7 @@ class VideoRecord:
     meta: dict
     items: list[tuple[bytes, bytes]] = field(default_factory=list)  # every key except v/<video>
     log: list[tuple[int, str, str]] = field(default_factory=list)  # (level, logger, message) from a worker
+    chunks: int = 0  # chunks of items already handed to the writer ahead of this record (data.chunks)
 
     def put_json(self, key: bytes, obj: dict) -> None:
         self.items.append((key, json.dumps(obj, sort_keys=True).encode()))
@@ -194,11 +200,33 @@ def video_sha256(items: Iterable[tuple[bytes, bytes]], meta: dict) -> str:
     the video was read from) are left out, so an interrupted-and-resumed build, a sharded one, a
     parallel one and an uninterrupted one all give the same hash for the same content.
     """
+    return sorted_items_sha256(sorted(items), meta)
+
+
+def sorted_items_sha256(items: Iterable[tuple[bytes, bytes]], meta: dict) -> str:
+    """``video_sha256`` of items already in key order, consumed one at a time (a video too large to hold)."""
     h = hashlib.sha256()
-    for k, v in sorted(items):
+    for k, v in items:
         h.update(len(k).to_bytes(4, "little") + k + len(v).to_bytes(8, "little") + v)
     h.update(json.dumps({k: v for k, v in meta.items() if k not in VOLATILE_META}, sort_keys=True).encode())
     return h.hexdigest()
+
+
+class NoSpaceError(lmdb.Error):
+    """A write that failed because the disk is full (LMDB only says "Input/output error")."""
+
+
+# LMDB reports a full disk as EIO; below this much free space a failed write is taken for a full disk.
+NO_SPACE_MARGIN = 64 << 20
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Bytes free for this process on the file system of ``path`` (None when it cannot be asked)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bfree * st.f_frsize if os.geteuid() == 0 else st.f_bavail * st.f_frsize
 
 
 _OPEN: dict[str, list] = {}  # resolved folder → [env, writable, users, pid]: LMDB allows one env per process
@@ -327,27 +355,35 @@ class Store:
                     out.append((k, v))
         return iter(out)
 
-    def _video_prefixes(self, video: str, meta: dict) -> tuple[list[bytes], list[bytes]]:
-        """(exact keys, key prefixes) that belong to a video, its meta key excluded."""
+    def _video_prefixes(self, video: str, tracks: Iterable[str]) -> tuple[list[bytes], list[bytes]]:
+        """(exact keys, key prefixes) that belong to a video with these tracks, its meta key excluded."""
         exact, prefixes = [], [video_key(video) + b"/"]
-        for track in meta.get("tracks", []):
+        for track in tracks:
             exact.append(track_key(track))
             prefixes += [track_key(track) + b"/", f"f/{track}/".encode()]
         return exact, prefixes
 
-    def video_items(self, video: str) -> list[tuple[bytes, bytes]]:
-        """Every stored (key, value) of a video except its meta key, in key order."""
-        meta = self.video_meta(video) or {}
-        exact, prefixes = self._video_prefixes(video, meta)
-        items = []
+    def video_keys(self, video: str, tracks: Iterable[str] | None = None) -> list[bytes]:
+        """Every stored key of a video except its meta key, sorted (values are not read). ``tracks``:
+        those of its meta by default; pass them for a video without a meta (one being written)."""
+        if tracks is None:
+            tracks = (self.video_meta(video) or {}).get("tracks", [])
+        exact, prefixes = self._video_prefixes(video, tracks)
         with self._begin() as txn:
-            for k in exact:
+            found = [k for k in exact if txn.get(k) is not None]
+        return sorted(set(found + [k for p in prefixes for k in self.keys(p)]))
+
+    def iter_items(self, keys: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of each key that exists, reading one value at a time in one read transaction."""
+        with self._begin() as txn:
+            for k in keys:
                 v = txn.get(k)
                 if v is not None:
-                    items.append((k, v))
-        for p in prefixes:
-            items += list(self.scan(p))
-        return sorted(items)
+                    yield k, v
+
+    def video_items(self, video: str) -> list[tuple[bytes, bytes]]:
+        """Every stored (key, value) of a video except its meta key, in key order."""
+        return list(self.iter_items(self.video_keys(video)))
 
     def disk_bytes(self) -> int:
         """Bytes of the database file in use (pages up to the last one written, free pages included).
@@ -356,10 +392,16 @@ class Store:
         """
         return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
 
+    def stored_sha256(self, video: str, meta: dict | None = None) -> str:
+        """The sha256 of what is stored for a video now (its meta's own "sha256" aside), read value by
+        value: memory does not grow with the video's length."""
+        meta = self.video_meta(video) if meta is None else meta
+        return sorted_items_sha256(self.iter_items(self.video_keys(video, meta.get("tracks", []))), meta)
+
     def verify(self, video: str) -> bool:
         """True when a video's stored bytes still hash to the sha256 in its meta."""
         meta = self.video_meta(video)
-        return meta is not None and video_sha256(self.video_items(video), meta) == meta.get("sha256")
+        return meta is not None and self.stored_sha256(video, meta) == meta.get("sha256")
 
     # --- writing -----------------------------------------------------------------------------------
     def write_schema(self, masks: list[str]) -> None:
@@ -381,8 +423,7 @@ class Store:
         meta = self.video_meta(video)
         if meta is None:
             return []
-        exact, prefixes = self._video_prefixes(video, meta)
-        return [video_key(video)] + exact + [k for p in prefixes for k in self.keys(p)]
+        return [video_key(video)] + self.video_keys(video, meta.get("tracks", []))
 
     def delete_video(self, video: str) -> None:
         """Remove a video and all its tracks' keys."""
@@ -395,8 +436,16 @@ class Store:
         self._transaction(rec.items + [(video_key(rec.name), meta)], self._old_keys(rec.name))
         return rec.meta["sha256"]
 
+    def write(self, items: list[tuple[bytes, bytes]], delete: Iterable[bytes] = ()) -> None:
+        """Delete keys then write items, in one transaction (see ``_transaction``)."""
+        self._transaction(items, delete)
+
     def _transaction(self, items: list[tuple[bytes, bytes]], delete: Iterable[bytes] = ()) -> None:
-        """Delete keys then write items, atomically; on a full map, double the map size and retry."""
+        """Delete keys then write items, atomically; on a full map, double the map size and retry.
+
+        A full disk raises NoSpaceError naming the folder (LMDB itself only says "Input/output
+        error"); nothing of the transaction is kept, so rerunning after freeing space resumes.
+        """
         if self.readonly:
             raise lmdb.ReadonlyError(f"{self.path}: opened read-only")
         delete = list(delete)
@@ -410,6 +459,14 @@ class Store:
                 return
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.Error as e:
+                free = free_bytes(self.path)
+                needed = sum(len(k) + len(v) for k, v in items)
+                if free is not None and free < needed + NO_SPACE_MARGIN:
+                    raise NoSpaceError(f"{self.path}: no space left on the device ({free / 2**20:.0f} MiB free) "
+                                       f"while writing the database (LMDB: {e}); free some space and rerun the "
+                                       "same command: complete videos are kept and the build resumes") from e
+                raise lmdb.Error(f"{self.path}: writing the database failed ({e})") from e
 
     def copy_from(self, other: Store) -> int:
         """Copy every complete video of another database (a shard) into this one; returns the count.
@@ -420,14 +477,13 @@ class Store:
         n = 0
         for video in other.video_names():
             meta = other.video_meta(video)
-            items = other.video_items(video)
-            if video_sha256(items, meta) != meta.get("sha256"):
+            if other.stored_sha256(video, meta) != meta.get("sha256"):
                 raise ValueError(f"{other.path}: video {video} does not match its sha256 (damaged database?)")
             mine = self.video_meta(video)
             if mine is not None and mine.get("status") == "ok" and meta.get("status") != "ok":
                 continue
-            self._transaction(items + [(video_key(video), json.dumps(meta, sort_keys=True).encode())],
-                              self._old_keys(video))
+            meta_item = (video_key(video), json.dumps(meta, sort_keys=True).encode())
+            self._transaction(other.video_items(video) + [meta_item], self._old_keys(video))
             n += 1
         return n
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 import create_database
-from data import align, build, masks, store
+from data import align, build, chunks, masks, store, workers
 from data.annotations import fit_length, read_label_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -474,7 +475,7 @@ def test_limit_limit_frames_masks_and_rebuild_on_other_options(mini_quick, ann, 
 
 
 # --- driver details -------------------------------------------------------------------------------
-def _fake_process_video(job: build.VideoJob, opts: build.BuildOptions) -> store.VideoRecord:
+def _fake_process_video(job: build.VideoJob, opts: build.BuildOptions, **hooks) -> store.VideoRecord:
     """Stands in for the pipeline in the crash test (module level: workers get it by reference)."""
     if job.name == "crash":
         os._exit(3)  # the worker dies without a word, as on a segfault or the OOM killer
@@ -484,7 +485,7 @@ def _fake_process_video(job: build.VideoJob, opts: build.BuildOptions) -> store.
 
 
 def test_a_dying_worker_fails_only_its_video(tmp_path, monkeypatch):
-    monkeypatch.setattr(build, "START_METHOD", "fork")  # so the workers see the stand-in (no cv2/torch in it)
+    monkeypatch.setattr(workers, "START_METHOD", "fork")  # so the workers see the stand-in (no cv2/torch in it)
     monkeypatch.setattr(build, "process_video", _fake_process_video)
     jobs = [build.VideoJob(f"/nowhere/{n}.mp4", n, [n], source="tsav") for n in ("a", "b", "crash", "d", "e")]
     metas = build.build(jobs, tmp_path / "db", build.BuildOptions(), workers=2)
@@ -531,3 +532,147 @@ def test_bad_flags_give_one_line_errors(args, needle, tmp_path, capsys, mini_qui
     assert rc == 2
     assert needle.format(**fill) in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "db" / "data.mdb").exists()
+
+
+# --- long videos: several transactions per video, progress (issue 10, item 11) ----------------------------
+@pytest.mark.slow
+def test_chunked_builds_store_the_same_bytes_and_show_frame_progress(mini_quick, ann, tmp_path, monkeypatch, capsys):
+    """Chunks of 20 KB (≈ 10 per video): in-process and with workers, the same sha256 as one transaction per
+    video, no marker left, and the bar shows the frames of the video in flight."""
+    monkeypatch.setattr(chunks, "PROGRESS_SECONDS", 0.0)
+    names = [TWO, "video2"]
+    jobs = build.collect_jobs([str(subset(mini_quick, names, tmp_path / "videos"))], str(ann))
+    assert build.build(jobs, tmp_path / "whole", build.BuildOptions(limit_frames=48, chunk_bytes=1 << 30)) != []
+    want = shas(tmp_path / "whole")
+    capsys.readouterr()
+    for n in (1, 2):
+        out = tmp_path / f"db{n}"
+        metas = build.build(jobs, out, build.BuildOptions(limit_frames=48, chunk_bytes=20_000), workers=n)
+        assert all(m["stats"]["chunks"] >= 5 for m in metas), [m["stats"] for m in metas]
+        assert shas(out) == want
+        with store.Store(out) as d:
+            assert d.keys(chunks.PARTIAL_PREFIX) == [] and all(d.verify(v) for v in names)
+        err = capsys.readouterr().err  # workers (which do not see the monkeypatch) report once a second
+        assert f"{TWO} 40/90 frames" in err if n == 1 else re.search(rf"{TWO} \d+/90 frames", err)
+
+
+def test_a_chunk_never_holds_much_more_than_chunk_bytes(mini_quick, ann):
+    """What the pipeline holds before handing it on stays within chunk_bytes plus one frame group per track."""
+    job = next(j for j in build.collect_jobs([str(mini_quick / "videos")], str(ann)) if j.name == TWO)
+    sent: list[int] = []
+    rec = build.process_video(job, build.BuildOptions(chunk_bytes=30_000),
+                              send=lambda items: sent.append(sum(len(k) + len(v) for k, v in items)))
+    group = max(len(v) for k, v in rec.items if k.startswith(b"f/"))
+    assert len(sent) == rec.chunks == rec.meta["stats"]["chunks"] >= 5
+    assert all(30_000 <= n <= 30_000 + 2 * group for n in sent)
+    assert sum(len(k) + len(v) for k, v in rec.items if k.startswith(b"f/")) < 30_000 + 2 * group
+    assert rec.meta["stats"]["bytes"] == sum(sent) + sum(len(k) + len(v) for k, v in rec.items)
+
+
+@pytest.mark.slow
+def test_a_build_killed_inside_a_video_resumes_to_the_same_bytes(mini_quick, ann, ref, tmp_path):
+    """SIGKILL while a video is half written (its marker present, no meta): the rerun clears the partial keys
+    and ends with the reference's bytes, no key that a clean build would not have."""
+    names = ["video2", "video5"]
+    videos = subset(mini_quick, names, tmp_path / "videos")
+    out = tmp_path / "db"
+    args = ["--videos", videos, "--annotations", ann, "--out", out, "--workers", 1, "--chunk-mb", 0.03]
+    proc = subprocess.Popen([sys.executable, "create_database.py", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "data.mdb").exists():
+                with store.Store(out) as d:
+                    if d.keys(chunks.PARTIAL_PREFIX):
+                        break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the build ended before it could be killed"
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with store.Store(out) as d:
+        (partial,) = [k.decode().split("/", 1)[1] for k in d.keys(chunks.PARTIAL_PREFIX)]
+        assert d.video_meta(partial) is None and d.keys(f"f/{partial}/".encode())
+    assert cli(*args) == 0
+    assert shas(out) == {v: shas(ref)[v] for v in names}
+    clean = tmp_path / "clean"
+    assert cli(*args[:5], clean, *args[6:]) == 0
+    with store.Store(out) as d, store.Store(clean) as c:
+        assert d.keys(b"") == c.keys(b"")
+
+
+# --- untrusted TSAV pickles (item 4) ------------------------------------------------------------------------
+class _Evil:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_tsav_pickle_that_runs_code_fails_its_video_without_running(mini_quick, tmp_path, capsys):
+    videos = subset(mini_quick, ["video2"], tmp_path / "videos")
+    pk = tmp_path / "tsav"
+    pk.mkdir()
+    marker = tmp_path / "ran"
+    (pk / "video2.pkl").write_bytes(pickle.dumps({"frame": [_Evil(marker)], "mask": [None]}))
+    out = tmp_path / "db"
+    assert cli("--videos", videos, "--annotations", "", "--out", out, "--workers", 1, "--tsav-alignment", pk,
+               "--limit-frames", 4) == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and str(pk / "video2.pkl") in failed[0] and "refused" in failed[0]
+    assert not marker.exists()
+    with store.Store(out) as d:
+        assert d.video_meta("video2")["status"].startswith("failed: UnsafePickleError")
+
+
+# --- damaged databases (item 6) -----------------------------------------------------------------------------
+def flip_inside_value(db_path: Path, value: bytes, offset: int) -> None:
+    """Flip one byte of a stored value where it lies in data.mdb (a value is stored contiguously)."""
+    data = bytearray((db_path / "data.mdb").read_bytes())
+    at = data.find(value)
+    assert at >= 0
+    while at >= 0:  # every copy: an older copy may linger in a page LMDB has freed
+        data[at + offset] ^= 0xFF
+        at = data.find(value, at + 1)
+    (db_path / "data.mdb").write_bytes(bytes(data))
+
+
+def test_verify_finds_flipped_bytes_and_a_verified_rebuild_repairs_them(mini_quick, ann, tmp_path, capsys):
+    names = ["video2", "video5"]
+    videos = subset(mini_quick, names, tmp_path / "videos")
+    out = tmp_path / "db"
+    args = ("--videos", videos, "--annotations", ann, "--out", out, "--workers", 1, "--limit-frames", 24)
+    assert cli(*args) == 0
+    good = shas(out)
+    with store.Store(out) as d:
+        value = d.get(store.group_key("video5", 8))
+    flip_inside_value(out, value, len(value) // 2)  # inside a JPEG's entropy-coded data: still decodes
+    capsys.readouterr()
+    assert cli("--report", out) == 0  # the stored sha256 alone cannot tell
+    assert cli("--report", out, "--verify", "--json", tmp_path / "r.json") == 1
+    text = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[-1] for line in text.splitlines() if line.startswith("video")}
+    assert rows == {"video2": "ok", "video5": "MISMATCH"}
+    assert "DAMAGED: video5" in text
+    assert json.loads((tmp_path / "r.json").read_text())["videos"]["video5"]["verified"] == "MISMATCH"
+    assert cli(*args) == 0 and "nothing to do" in capsys.readouterr().out  # complete: skipped
+    metas = build.build(build.collect_jobs([str(videos)], str(ann)), out, build.BuildOptions(limit_frames=24),
+                        verify=True)
+    assert [m["name"] for m in metas] == ["video5"]
+    assert shas(out) == good and cli("--report", out, "--verify") == 0
+
+
+# --- flags (item 13) ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--workers", "--detect-every", "--limit", "--limit-frames", "--chunk-mb",
+                                  "--crop-quality"])
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "x"])
+def test_zero_negative_or_non_numbers_are_refused_when_parsed(flag, value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        create_database.main(["--videos", str(tmp_path), "--out", str(tmp_path / "db"), flag, value])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and flag in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "db").exists()

@@ -187,3 +187,17 @@ def test_one_environment_shared_per_process(tmp_path):
         assert r.video_names() == ["a", "b"]
         with pytest.raises(lmdb.Error, match="read-only"):
             store.Store(tmp_path / "db", readonly=False)
+
+
+def test_stored_sha256_reads_value_by_value_and_equals_the_written_hash(tmp_path):
+    with store.Store(tmp_path / "db", readonly=False) as db:
+        sha = db.write_video(record("v", ["v_left", "v_right"], frames=12))
+        db.write_video(record("v_", ["v__left"], frames=2))  # a name that 'v' prefixes
+        assert db.stored_sha256("v") == sha and db.verify("v")
+        keys = db.video_keys("v")
+        assert keys == sorted(keys) and b"v/v" not in keys and not any(k.startswith(b"f/v__") for k in keys)
+        assert db.video_keys("v", ["v_left"]) == [k for k in keys if b"v_right" not in k]  # tracks given
+        assert list(db.iter_items([b"v/v/times", b"missing", b"t/v_left"])) == [
+            (b"v/v/times", db.get(b"v/v/times")), (b"t/v_left", db.get(b"t/v_left"))]
+        db.write([(fkey("v_left", 5), b"flipped")])
+        assert db.stored_sha256("v") != sha and not db.verify("v")
