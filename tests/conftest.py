@@ -4,6 +4,9 @@
 3 s, every special case) generated once per test session; the value is the dataset's root folder
 (``meta.json`` in it describes every video and track). Treat it as read-only: copy or symlink what
 a test needs to change.
+
+``toy``: the small hand-made database of ``tests/toy_db.py`` (once per session; read-only too) and
+``model``: a randomly initialised TSAV model (abaw2021 layout, seed 0, eval mode; one per module).
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from toy_db import make_toy_db
+
+from models.tsav import build_model
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +27,14 @@ def mini_quick(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mini_quick")
     synthetic.generate(root, seed=0, quick=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_db(tmp_path_factory.mktemp("toy") / "db")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("tsav", "abaw2021").eval()

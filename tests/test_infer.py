@@ -33,17 +33,6 @@ def tiny_checkpoint(path: Path, model: str = "tsav", layout: str = "abaw2021", c
     return path
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    return make_toy_db(tmp_path_factory.mktemp("toy") / "db")
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model("tsav", "abaw2021").eval()
-
-
 def per_clip_logits(model, db: Path, track: str, clip: ClipConfig) -> torch.Tensor:
     ds = ClipDataset(db, None, "abaw2021", clip, tracks=[track], labels=False)
     batch = prepare_batch(torch.utils.data.default_collate([ds[i] for i in ds.track_range(track)]),

@@ -13,29 +13,15 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from test_infer import TINY, tiny_checkpoint
-from toy_db import make_toy_db
 
 import test_val_aff2
 from data import audio, build
 from data.clips import decode_frame, open_store, resize_frames
 from data.video import read_frame_times
-from models.tsav import build_model
 from utils import infer, video_report, video_stream
 
 FAMILY_SUFFIXES = (".csv", "_timeline.png", ".npz", "_overlay.mp4")
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    return make_toy_db(tmp_path_factory.mktemp("toy") / "db")
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model("tsav", "abaw2021").eval()
 
 
 def in_memory_source(db: Path, track: str) -> infer.TrackSource:

@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from utils.run_dir import pid_alive
+
 log = logging.getLogger(__name__)
 
 MANIFEST = ".manifest.json"
@@ -55,17 +57,9 @@ def check_apart(user_paths: Mapping[str, str | Path], replaced: Iterable[Path]) 
                                      "choose another --out")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (another user's counts as running)."""
-    if pid == os.getpid():
-        return False  # an earlier run of this very process: it cleaned up or died with its exception
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def alive_elsewhere(pid: int) -> bool:
+    """Whether another process with this id runs (an earlier run of this very process cleaned up or died)."""
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def stale_staging(out: Path, tag: str) -> list[Path]:
@@ -73,7 +67,7 @@ def stale_staging(out: Path, tag: str) -> list[Path]:
     found = []
     for entry in out.iterdir() if out.is_dir() else ():
         m = _STAGING.fullmatch(entry.name)
-        if m and m["tag"] == tag and entry.is_dir() and not entry.is_symlink() and not pid_alive(int(m["pid"])):
+        if m and m["tag"] == tag and entry.is_dir() and not entry.is_symlink() and not alive_elsewhere(int(m["pid"])):
             found.append(entry)
     return sorted(found)
 
