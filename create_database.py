@@ -26,16 +26,11 @@ from data import build, masks, store
 from data.annotations import AnnotationError
 from data.db_lock import DatabaseBusyError
 from data.verify import OK, verify_videos
+from utils.tables import print_table
 
 
 class UsageError(Exception):
     """A bad flag or path: printed as one line, exit status 2."""
-
-
-def print_table(rows: list[list], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for r in [header, ["-" * w for w in widths]] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
 
 
 def run_report(db_path: str, json_path: str | None, verify: bool = False) -> int:
@@ -53,7 +48,7 @@ def run_report(db_path: str, json_path: str | None, verify: bool = False) -> int
         for row, (_, v) in zip(rows, sorted(rep["videos"].items())):
             v["verified"] = checked[v["video"]]
             row.append(v["verified"][:40])
-    print_table(rows, header)
+    print_table(header, rows)
     t = rep["totals"]
     print(f"\n{t['videos']} videos ({t['videos_ok']} ok, {t['videos_failed']} failed), {t['tracks']} tracks, "
           f"{t['frames']} frames, face rate {t['face_rate']:.1%}, {t['bytes_per_frame'] / 1024:.1f} KiB/frame "
@@ -84,7 +79,7 @@ def summary_rows(metas: list[dict], seconds: float) -> list[list]:
 
 
 def print_summary(metas: list[dict], seconds: float) -> None:
-    print_table(summary_rows(metas, seconds), ["summary", "value"])
+    print_table(["summary", "value"], summary_rows(metas, seconds))
     for m in metas:
         if m["status"] != "ok":
             print(f"FAILED {m.get('source', m.get('name'))}: {m['status']}")
@@ -122,7 +117,7 @@ def run(args) -> int:
         raise UsageError(f"{args.annotations}: annotation folder not found (--annotations; '' for none)")
     jobs = build.collect_jobs(args.videos, args.annotations or None, args.test_lists, args.cropped_aligned,
                               args.tsav_alignment)
-    jobs = build.select_shard(jobs, build.parse_shard(args.shard))[: args.limit]
+    jobs = build.select_shard(jobs, args.shard or (0, 1))[: args.limit]
     options = build.BuildOptions(masks=kinds, detector=args.detector, detect_every=args.detect_every,
                                  limit_frames=args.limit_frames, crop_format=args.crop_format,
                                  crop_quality=args.crop_quality, chunk_bytes=int(args.chunk_mb * 2**20))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import re
 
-EDITIONS = ("abaw2020", "abaw2021", "abaw3")
+import tasks
+
+EDITIONS = tuple(tasks.EDITIONS)
 
 # Relative defaults shared by the scripts (the demo writes under demo_out/).
 DEFAULT_DATA = "demo_out/mini_affwild2"
@@ -30,7 +32,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    "or the multi-task annotation files")
     p.add_argument("--edition", choices=EDITIONS, default="abaw2021",
                    help="which edition's metrics, class count and AU set to use")
-    p.add_argument("--split", default="Validation_Set",
+    p.add_argument("--split", default=tasks.VAL_SPLIT,
                    help="annotation split to score against (Validation_Set or Train_Set)")
     p.add_argument("--json", default=None, help="also write the scores as JSON to this file")
     p.add_argument("--allow-partial", action="store_true",
@@ -67,11 +69,12 @@ def _positive_float(text: str) -> float:
     return x
 
 
-def _shard_spec(text: str) -> str:
+def _shard_spec(text: str) -> tuple[int, int]:
+    """'K/N' → (K, N): this build takes every N-th video (sorted by name) starting at K."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
         raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 0 <= K < N (e.g. 0/4 ... 3/4)")
-    return text.strip()
+    return int(m.group(1)), int(m.group(2))
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -209,7 +212,7 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true",
                    help="replace the run in --output-dir: its config.json, last.pth, best.pth, log.csv and tb/ are "
                    "removed when training starts (other files there are kept)")
-    g.add_argument("--layout", default="abaw2021", choices=("abaw2020", "abaw2021", "mtmt", "abaw3"),
+    g.add_argument("--layout", default="abaw2021", choices=tuple(tasks.LAYOUTS),
                    help="output layout (which column means what; sets the EXPR classes and AU set)")
     g.add_argument("--edition", default=None, choices=EDITIONS,
                    help="edition whose official metrics score validation (default: the layout's)")
@@ -268,16 +271,27 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-after", type=_count, default=0,
                    help="end this invocation after N epochs, to --resume later (e.g. cluster time limits); the "
                    "schedule still plans --epochs (0: run to the end)")
-    g.add_argument("--batch-size", type=_positive_int, default=28, help="clips per step per process")
-    g.add_argument("--lr", type=_positive, default=5e-4, help="Adam learning rate")
-    g.add_argument("--weight-decay", type=_amount, default=5e-5, help="Adam weight decay")
-    g.add_argument("--sched", default="none", choices=("none", "cosine", "step"),
-                   help="learning-rate schedule, stepped per optimiser step")
-    g.add_argument("--warmup-epochs", type=_amount, default=0.0, help="linear learning-rate warm-up")
-    g.add_argument("--min-lr", type=_amount, default=0.0, help="final learning rate of the cosine schedule")
+    g.add_argument("--batch-size", type=_positive_int, default=28, help="clips per batch per process")
+    g.add_argument("--accum-steps", type=_positive_int, default=1,
+                   help="batches whose gradients are accumulated into one optimiser step (effective batch: "
+                   "batch size x N x processes); the schedule and the teacher's EMA count optimiser steps")
+    g.add_argument("--optimizer", default="adam", choices=("adam", "adamw"),
+                   help="adam: L2 weight decay on every parameter (MTMT/TSAV); adamw: decoupled weight decay, "
+                   "none on biases, norm weights and the parameters the model exempts")
+    g.add_argument("--lr", type=_positive, default=5e-4,
+                   help="base learning rate (a model's parameter groups may scale it)")
+    g.add_argument("--weight-decay", type=_amount, default=5e-5, help="weight decay (see --optimizer)")
+    g.add_argument("--sched", "--schedule", default="none", choices=("none", "cosine", "step"),
+                   help="learning-rate schedule, a factor per optimiser step on every scheduled group "
+                   "(groups a model declares constant keep their lr)")
+    g.add_argument("--warmup-epochs", type=_amount, default=0.0,
+                   help="linear learning-rate warm-up, in epochs (fractions allowed)")
+    g.add_argument("--min-lr", type=_amount, default=0.0,
+                   help="final learning rate of the cosine schedule (each group's floor is scaled like its lr)")
     g.add_argument("--step-epochs", type=_positive_int, default=30, help="step schedule: epochs between decays")
     g.add_argument("--gamma", type=_positive, default=0.1, help="step schedule: decay factor")
-    g.add_argument("--clip-grad", type=_amount, default=0.0, help="clip the gradient norm to this (0: off)")
+    g.add_argument("--clip-grad", type=_amount, default=0.0,
+                   help="clip the norm of the whole gradient (all groups, after AMP unscaling) to this (0: off)")
     g.add_argument("--patience", type=_count, default=10,
                    help="stop after this many epochs without a better validation score (0: never)")
     g = p.add_argument_group("validation")

@@ -17,22 +17,27 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from tasks import (
+    AU_NAMES_8,
+    AU_NAMES_12,
+    EXPR_NAMES_7,
+    EXPR_NAMES_8,
+    SPLITS,
+    TASKS,
+    TRAIN_SPLIT,
+    VA_NAMES,
+    VAL_SPLIT,
+    canonical_split,
+)
 from utils.paths import safe_component, safe_image_name
 
 log = logging.getLogger(__name__)
-
-TASKS = ("VA", "EXPR", "AU")
-
-VA_NAMES = ("valence", "arousal")
-EXPR_NAMES_7 = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
-EXPR_NAMES_8 = EXPR_NAMES_7 + ("Other",)
-AU_NAMES_8 = ("AU1", "AU2", "AU4", "AU6", "AU12", "AU15", "AU20", "AU25")
-AU_NAMES_12 = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
 
 VA_INVALID = -5.0
 EXPR_INVALID = -1
@@ -46,12 +51,12 @@ TASK_DIRS = {
 }
 # Split folder spellings, canonical split → accepted names.
 SPLIT_DIRS = {
-    "Train_Set": ("Train_Set", "Training_Set"),
-    "Validation_Set": ("Validation_Set",),
+    TRAIN_SPLIT: ("Train_Set", "Training_Set"),
+    VAL_SPLIT: ("Validation_Set",),
 }
 MTL_FILES = {
-    "Train_Set": "training_set_annotations.txt",
-    "Validation_Set": "validation_set_annotations.txt",
+    TRAIN_SPLIT: "training_set_annotations.txt",
+    VAL_SPLIT: "validation_set_annotations.txt",
 }
 MTL_HEADER = "image,valence,arousal,expression,aus"
 
@@ -86,16 +91,6 @@ class TrackLabels:
 
     def __len__(self) -> int:
         return len(self.values)
-
-
-def canonical_split(name: str) -> str:
-    """Map any split spelling (``Training_Set``, ``train``, ``val``...) to Train_Set / Validation_Set."""
-    key = name.lower().replace("-", "_")
-    if key in ("train_set", "training_set", "train", "training"):
-        return "Train_Set"
-    if key in ("validation_set", "val", "valid", "validation"):
-        return "Validation_Set"
-    raise ValueError(f"unknown split {name!r}: use Train_Set or Validation_Set")
 
 
 def task_of_header(header: str) -> tuple[str, tuple[str, ...]]:
@@ -293,7 +288,7 @@ def read_mtl_file(path: str | Path, split: str = "") -> dict[str, dict[str, Trac
     return out
 
 
-def read_annotations(root: str | Path, splits: tuple[str, ...] = ("Train_Set", "Validation_Set"),
+def read_annotations(root: str | Path, splits: tuple[str, ...] = SPLITS,
                      tasks: tuple[str, ...] = TASKS) -> dict[str, dict[str, TrackLabels]]:
     """Read every task and split found under ``root`` → {task: {track: labels}}.
 
@@ -389,3 +384,29 @@ def read_video_list(path: str | Path) -> list[str]:
             raise AnnotationError(f"{path}:{i}: {e}") from None
         names.append(name)
     return names
+
+
+def task_of_list(path: str | Path) -> str | None:
+    """Task of a test-set list from words in its file name (VA/valence, EXPR/expression, AU/action);
+    None (every task) otherwise, e.g. for an MTL list."""
+    words = set(re.split(r"[^a-z]+", Path(path).stem.lower()))
+    if "mtl" in words:
+        return None
+    for task, keys in (("VA", {"va", "valence", "arousal"}), ("EXPR", {"expr", "expression"}),
+                       ("AU", {"au", "action"})):
+        if words & keys:
+            return task
+    return None
+
+
+def read_test_lists(paths: Iterable[str | Path]) -> dict[str, set[str]]:
+    """Test-set lists → {track: tasks it is a test track of}. Lines may be track names or images
+    (``track/00001.jpg``, as in the 2022+ lists); a list is for the task its file name names, else for all."""
+    out: dict[str, set[str]] = {}
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"{p}: test-set list not found")
+        task = task_of_list(p)
+        for name in read_video_list(p):
+            out.setdefault(name.split("/")[0], set()).update([task] if task else TASKS)
+    return out

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -36,18 +35,18 @@ import numpy as np
 from tqdm import tqdm
 
 from data import align, audio, chunks, masks, store, video
-from data.annotations import TASKS, TrackLabels, fit_length, read_annotations, read_video_list
+from data.annotations import TrackLabels, fit_length, read_annotations, read_test_lists
 from data.db_lock import build_lock
 from data.tsav_pickle import load_tsav_alignment
 from data.verify import verify_videos
 from data.video import TRACK_SUFFIXES, find_videos, video_of_track
 from data.workers import run_parallel
+from tasks import TEST_SPLIT
 
 log = logging.getLogger(__name__)
 
 CROP_FORMATS = {"jpeg": (".jpg", cv2.IMWRITE_JPEG_QUALITY), "webp": (".webp", cv2.IMWRITE_WEBP_QUALITY)}
 CROP_FORMAT, CROP_QUALITY = "jpeg", 95  # TSAV's: JPEG quality 95
-TEST_SPLIT = "test"
 TSAV_PICKLE_SUFFIXES = (".pkl", "_alignment_mask.pkl")
 
 
@@ -84,32 +83,6 @@ class BuildOptions:
 
 
 # --- discovering the work -------------------------------------------------------------------------
-def task_of_list(path: str | Path) -> str | None:
-    """Task of a test-set list from words in its file name (VA/valence, EXPR/expression, AU/action);
-    None (every task) otherwise, e.g. for an MTL list."""
-    words = set(re.split(r"[^a-z]+", Path(path).stem.lower()))
-    if "mtl" in words:
-        return None
-    for task, keys in (("VA", {"va", "valence", "arousal"}), ("EXPR", {"expr", "expression"}),
-                       ("AU", {"au", "action"})):
-        if words & keys:
-            return task
-    return None
-
-
-def read_test_lists(paths: Iterable[str | Path]) -> dict[str, set[str]]:
-    """Test-set lists → {track: tasks it is a test track of}. Lines may be track names or images
-    (``track/00001.jpg``, as in the 2022+ lists)."""
-    out: dict[str, set[str]] = defaultdict(set)
-    for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"{p}: test-set list not found")
-        task = task_of_list(p)
-        for name in read_video_list(p):
-            out[name.split("/")[0]].update([task] if task else TASKS)
-    return dict(out)
-
-
 def plan_jobs(videos: dict[str, Path], annotations: Mapping[str, Mapping[str, TrackLabels]],
               test_tracks: Mapping[str, Iterable[str]] | Iterable[str] = ()) -> list[VideoJob]:
     """One job per video with its tracks (from annotations and test lists), labels and splits.
@@ -153,15 +126,6 @@ def plan_jobs(videos: dict[str, Path], annotations: Mapping[str, Mapping[str, Tr
                              {k: dict(v) for k, v in labels[name].items() if k in t},
                              {k: dict(splits[k]) for k in sorted(t) if splits.get(k)}))
     return jobs
-
-
-def parse_shard(spec: str | None) -> tuple[int, int]:
-    if not spec:
-        return 0, 1
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"--shard {spec!r}: expected K/N with 0 <= K < N (e.g. 0/4 ... 3/4)")
-    return int(m.group(1)), int(m.group(2))
 
 
 def select_shard(jobs: list[VideoJob], shard: tuple[int, int]) -> list[VideoJob]:

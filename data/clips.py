@@ -39,13 +39,12 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset, Sampler
 
 from data import audio, masks, store
-from models.tsav import OutputLayout, get_layout
+from data.tracks import stored_tracks
+from tasks import MissingAUError, OutputLayout, au_columns, canonical_split, get_layout
 
 MEAN = (0.43216, 0.394666, 0.37645, 0.5)  # Kinetics RGB statistics + 0.5 for the mask
 STD = (0.22803, 0.22145, 0.216989, 0.225)
 CROP = 112  # stored crop size
-SPLITS = {"train": "Train_Set", "val": "Validation_Set", "Train_Set": "Train_Set",
-          "Validation_Set": "Validation_Set"}
 MASK_KINDS = ("tsav", "mtmt")
 
 # Horizontal flip swaps the face's left and right; TSAV's mask tells them apart by grey level.
@@ -334,14 +333,6 @@ def prepare_batch(batch: dict[str, torch.Tensor], device: torch.device, channels
     return out
 
 
-def _layout_au_columns(names: list[str], layout: OutputLayout, where: str) -> list[int]:
-    missing = [a for a in layout.au_names if a not in names]
-    if missing:
-        raise DatasetError(f"{where}: the database's AU labels ({','.join(names)}) lack {','.join(missing)} "
-                           f"needed by layout {layout.name!r}; use a layout with the database's AU set")
-    return [names.index(a) for a in layout.au_names]
-
-
 class ClipDataset(Dataset):
     """Every source frame of the chosen tracks as a clip sample (see the module docstring).
 
@@ -364,9 +355,7 @@ class ClipDataset(Dataset):
         self.layout = get_layout(layout)
         self.clip = clip
         self.augment = augment or Augment()
-        self.split = None if split is None else SPLITS.get(split)
-        if split is not None and self.split is None:
-            raise ValueError(f"unknown split {split!r} (use train, val, Train_Set or Validation_Set)")
+        self.split = None if split is None else canonical_split(split)
         self._mel: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self._audio_cache = audio_cache
         db = open_store(self.db_path)
@@ -400,24 +389,17 @@ class ClipDataset(Dataset):
         labels: dict[str, list[np.ndarray]] = {k: [] for k in
                                                ("expr", "expr_valid", "au", "au_valid", "va", "va_valid")}
         times_of: dict[str, np.ndarray] = {}
-        for video in db.video_names():
-            meta = db.video_meta(video)
-            if meta.get("status") != "ok":
+        for stored in stored_tracks(db, wanted):
+            name, video = stored.name, stored.video
+            tasks = stored.tasks_in(self.split)
+            if self.split is not None and not tasks:
                 continue
-            for name in meta.get("tracks", []):
-                if wanted is not None and name not in wanted:
-                    continue
-                tmeta = db.track_meta(name) or {}
-                tasks = {t: v for t, v in tmeta.get("labels", {}).items()
-                         if self.split is None or v.get("split") == self.split}
-                if self.split is not None and not tasks:
-                    continue
-                if video not in times_of:
-                    times_of[video] = db.get_array(store.video_key(video) + b"/times")
-                face = db.get_array(store.track_key(name) + b"/face").astype(bool)
-                self.tracks.append(Track(name, video, face, times_of[video], bool(meta.get("audio"))))
-                for k, v in self._track_labels(db, name, len(face), tasks if self.with_labels else {}).items():
-                    labels[k].append(v)
+            if video not in times_of:
+                times_of[video] = db.get_array(store.video_key(video) + b"/times")
+            face = db.get_array(store.track_key(name) + b"/face").astype(bool)
+            self.tracks.append(Track(name, video, face, times_of[video], bool(stored.video_meta.get("audio"))))
+            for k, v in self._track_labels(db, name, len(face), tasks if self.with_labels else {}).items():
+                labels[k].append(v)
         if wanted is not None:
             unknown = sorted(set(wanted) - {t.name for t in self.tracks})
             if unknown:
@@ -440,21 +422,30 @@ class ClipDataset(Dataset):
         def get(task: str, part: str) -> np.ndarray:
             return db.get_array(store.track_key(name) + f"/label/{task}/{part}".encode())
 
-        if "EXPR" in tasks:
+        if "EXPR" in tasks and lay.has("expr"):
             values, valid = get("EXPR", "values").astype(np.int64), get("EXPR", "valid").astype(bool)
             out["expr_valid"] = valid & (values >= 0) & (values < lay.num_expr_classes)
             out["expr"] = np.where(out["expr_valid"], values, -1)
-        if "AU" in tasks:
-            cols = _layout_au_columns(tasks["AU"]["names"], lay, f"{self.db_path} track {name}")
+        if "AU" in tasks and lay.has("au"):
+            cols = self._au_columns(tasks["AU"]["names"], name)
             values, valid = get("AU", "values")[:, cols], get("AU", "valid")[:, cols].astype(bool)
             out["au_valid"] = valid & ((values == 0) | (values == 1))
             out["au"] = np.where(out["au_valid"], values, 0).astype(np.float32)
-        if "VA" in tasks:
+        if "VA" in tasks and lay.has("va"):
             values, valid = get("VA", "values").astype(np.float32), get("VA", "valid").astype(bool)
             valid = valid.all(axis=-1) if valid.ndim > 1 else valid
             out["va_valid"] = valid & np.all(np.abs(values) <= 1, axis=1)
             out["va"] = np.where(out["va_valid"][:, None], values, 0).astype(np.float32)
         return out
+
+    def _au_columns(self, names: list[str], track: str) -> list[int]:
+        """Columns of the database's AU labels in the layout's AU order."""
+        try:
+            return au_columns(names, self.layout.au_names)
+        except MissingAUError as e:
+            raise DatasetError(f"{self.db_path} track {track}: the database's AU labels ({','.join(names)}) lack "
+                               f"{','.join(e.missing)} needed by layout {self.layout.name!r}; use a layout with "
+                               "the database's AU set") from None
 
     def __len__(self) -> int:
         return int(self.starts[-1])

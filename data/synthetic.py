@@ -73,10 +73,10 @@ import cv2
 import numpy as np
 
 from data import synthetic_codecs
-from data.annotations import AU_NAMES_8, AU_NAMES_12, EXPR_NAMES_7, EXPR_NAMES_8, MTL_HEADER, TASK_DIRS
+from data.annotations import MTL_FILES, MTL_HEADER, TASK_DIRS
+from tasks import AU_NAMES_12, TASKS, TEST_SPLIT, TRAIN_SPLIT, VAL_SPLIT, get_edition
 
 FPS = 30
-TASKS = ("VA", "EXPR", "AU")
 AU_NAMES_ALL = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU20", "AU23", "AU24",
                 "AU25", "AU26")
 
@@ -157,14 +157,13 @@ EXPR_AU_AFFINITY = {
 }
 EXPR_PRIOR = (0.2, 0.1, 0.08, 0.08, 0.18, 0.12, 0.12, 0.12)
 
-EDITIONS = {
-    # edition → (task folder index in TASK_DIRS, train folder name, EXPR names, AU names)
-    "abaw2020": (0, "Training_Set", EXPR_NAMES_7, AU_NAMES_8),
-    "abaw2021": (0, "Train_Set", EXPR_NAMES_7, AU_NAMES_12),
-    "abaw3": (1, "Train_Set", EXPR_NAMES_8, AU_NAMES_12),
+EDITION_FOLDERS = {
+    # edition written → (task folder index in TASK_DIRS, train folder name); its classes and AUs: tasks.EDITIONS
+    "abaw2020": (0, "Training_Set"),
+    "abaw2021": (0, "Train_Set"),
+    "abaw3": (1, "Train_Set"),
 }
 MTL_EVERY = 3  # the s-Aff-Wild2 file lists every 3rd frame that has a face
-MTL_FILES = {"Train_Set": "training_set_annotations.txt", "Validation_Set": "validation_set_annotations.txt"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -212,7 +211,7 @@ def _all_tasks(split: str | None, missing: tuple[str, ...] = ()) -> dict[str, st
 
 def video_specs(quick: bool = False) -> list[VideoSpec]:
     """The 12 videos (13 tracks: 8 train, 3 validation, 2 test); ``quick`` makes every video 3 s long."""
-    tr, va, te = "Train_Set", "Validation_Set", "test"
+    tr, va, te = TRAIN_SPLIT, VAL_SPLIT, TEST_SPLIT
     rows = [
         # idx name            batch     cont  w    h    sec  audio         rate   split / extras
         (0, "1-30-480x270", "batch1", "mp4", 480, 270, 12, "aac", 44100, {"": _all_tasks(tr)}, {}),
@@ -806,8 +805,9 @@ def header(task: str, expr_names: tuple[str, ...], au_names: tuple[str, ...]) ->
 
 def write_edition(root: Path, edition: str, tracks: list[TrackPlan]) -> None:
     """Per-track files of one edition (every task/split folder exists, even if empty)."""
-    dir_index, train_name, expr_names, au_names = EDITIONS[edition]
-    split_dirs = {"Train_Set": train_name, "Validation_Set": "Validation_Set"}
+    dir_index, train_name = EDITION_FOLDERS[edition]
+    expr_names, au_names = get_edition(edition).expr_names, get_edition(edition).au_names
+    split_dirs = {TRAIN_SPLIT: train_name, VAL_SPLIT: "Validation_Set"}
     for task in TASKS:
         for split, folder in split_dirs.items():
             d = root / "annotations" / edition / TASK_DIRS[task][dir_index] / folder
@@ -848,7 +848,7 @@ def write_mtl(root: Path, tracks: list[TrackPlan], faceless: dict[str, np.ndarra
 def write_test_lists(root: Path, tracks: list[TrackPlan]) -> None:
     d = root / "test_sets"
     d.mkdir(parents=True, exist_ok=True)
-    names = [tr.name for tr in tracks if "test" in tr.split.values()]
+    names = [tr.name for tr in tracks if TEST_SPLIT in tr.split.values()]
     for task in ("VA", "EXPR", "AU", "MTL"):
         (d / f"{task}_test_set.txt").write_text("".join(f"{n}\n" for n in names))
 
@@ -966,7 +966,7 @@ def generate_timed(out: Path, seed: int = 0, quick: bool = False,
             apply_faceless(tr, res.faceless[tr.name])
             faceless[tr.name] = res.faceless[tr.name]
             tracks.append(tr)
-    for edition in EDITIONS:
+    for edition in EDITION_FOLDERS:
         write_edition(out, edition, tracks)
     write_mtl(out, tracks, faceless)
     write_test_lists(out, tracks)

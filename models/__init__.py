@@ -1,4 +1,4 @@
-"""Models (TSAV, MTMT self-cure), their output layouts, losses and the mean teacher."""
+"""Models (TSAV, MTMT self-cure), their losses and the mean teacher; the output layouts are in tasks.py."""
 
 from models.losses import (
     DEFAULT_TASK_WEIGHTS,
@@ -13,13 +13,10 @@ from models.losses import (
 )
 from models.mean_teacher import MeanTeacher, consistency_loss, ema_decay, sigmoid_rampup
 from models.tsav import (
-    LAYOUTS,
     CheckpointError,
-    OutputLayout,
     TwoStreamAuralVisualModel,
     TwoStreamAuralVisualSelfCure,
     build_model,
-    get_layout,
     init_audio_from,
     init_backbones_from,
     init_video_from,
@@ -29,15 +26,14 @@ from models.tsav import (
     split_outputs,
     to_channels_last,
     unwrap_model,
+    va_output,
 )
 
 __all__ = [
     "DEFAULT_TASK_WEIGHTS",
-    "LAYOUTS",
     "CheckpointError",
     "MeanTeacher",
     "MultiTaskLoss",
-    "OutputLayout",
     "TwoStreamAuralVisualModel",
     "TwoStreamAuralVisualSelfCure",
     "build_model",
@@ -45,7 +41,6 @@ __all__ = [
     "concordance_cc",
     "consistency_loss",
     "ema_decay",
-    "get_layout",
     "init_audio_from",
     "init_backbones_from",
     "init_video_from",
@@ -61,4 +56,5 @@ __all__ = [
     "tsav_expr_keep_mask",
     "unwrap_model",
     "va_ccc_loss",
+    "va_output",
 ]

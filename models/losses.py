@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.tsav import OutputLayout, get_layout, split_outputs
+from models.tsav import split_outputs, va_output
+from tasks import OutputLayout, get_layout
 
 # MTMT's supervised total 3·EXPR + AU + VA.
 DEFAULT_TASK_WEIGHTS = {"expr": 3.0, "au": 1.0, "va": 1.0}
 
-# EXPR class ids of the TSAV filtering rules (order of data.annotations.EXPR_NAMES_7).
+# EXPR class ids of the TSAV filtering rules (order of tasks.EXPR_NAMES_7).
 NEUTRAL, HAPPINESS, SADNESS = 0, 4, 5
 
 
@@ -172,7 +173,8 @@ class MultiTaskLoss(nn.Module):
         if "au" in targets:
             losses["au"] = masked_au_bce(parts["au"], targets["au"], valid.get("au"), self.au_reduction)
         if "va" in targets:
-            losses["va"] = va_ccc_loss(parts["va"], targets["va"], valid.get("va"))
+            losses["va"] = ccc_loss(va_output(parts["va"].float(), self.layout, clip=False), targets["va"],
+                                    valid.get("va"))
         if not losses:
             raise ValueError("no targets given (expected any of 'expr', 'au', 'va')")
         total = sum(self.weights[task] * loss for task, loss in losses.items())

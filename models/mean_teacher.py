@@ -24,7 +24,8 @@ from models.losses import (
     masked_cross_entropy,
     rank_regularization,
 )
-from models.tsav import OutputLayout, split_outputs, unwrap_model
+from models.tsav import split_outputs, unwrap_model, va_output
+from tasks import OutputLayout
 
 RANK_WEIGHT = 12.0  # MTMT: L_c = 3·C_EX + C_AU + C_VA + 12·RR
 
@@ -102,7 +103,7 @@ def consistency_loss(student_out: Tensor | tuple, teacher_out: Tensor | tuple,
                      alpha: Tensor | None = None, rank_weight: float = RANK_WEIGHT,
                      au_reduction: str = "sum") -> tuple[Tensor, dict[str, Tensor]]:
     """Student vs (detached) teacher: EXPR CE to the teacher's argmax, AU BCE to its probabilities,
-    VA 1 − CCC to its tanh outputs.
+    VA 1 − CCC to its VA values (tanh of the raw outputs for every layout of TSAV and MTMT).
 
     ``label_valid_masks`` maps 'expr'/'au'/'va' to a bool mask saying which samples HAVE that label
     (B, or B×n_au / B×2 per entry); with ``only_missing`` a task's term uses only the other entries,
@@ -131,7 +132,7 @@ def consistency_loss(student_out: Tensor | tuple, teacher_out: Tensor | tuple,
     terms = {
         "expr": masked_cross_entropy(s["expr"], t["expr"].argmax(dim=1), expr_use),
         "au": masked_au_bce(s["au"], torch.sigmoid(t["au"]), au_use, au_reduction),
-        "va": ccc_loss(torch.tanh(s["va"].float()), torch.tanh(t["va"]), va_use),
+        "va": ccc_loss(va_output(s["va"].float(), layout, clip=False), va_output(t["va"], layout), va_use),
     }
     total = sum(weights[task] * term for task, term in terms.items())
     if alpha is not None and rank_weight:

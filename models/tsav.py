@@ -2,14 +2,14 @@
 
 Both models take ``{'clip': B×4×T×H×W, 'audio_features': B×1×64×W}`` (RGB + mask clip, log-mel) and
 keep the state-dict key names of the published checkpoints, so ``load_published`` loads those files
-strictly. The meaning of the output columns is an ``OutputLayout``, looked up by name in ``LAYOUTS``.
+strictly. The meaning of the output columns is an ``OutputLayout`` (tasks.py), looked up by name in
+``LAYOUTS``.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,76 +18,18 @@ from torchvision.models import resnet18
 from torchvision.models.video import r2plus1d_18
 from torchvision.models.video.resnet import BasicBlock, Conv2Plus1D, R2Plus1dStem, VideoResNet
 
-from data.annotations import AU_NAMES_8, AU_NAMES_12, EXPR_NAMES_7, EXPR_NAMES_8
+from tasks import LAYOUTS, OutputLayout, get_layout, layout_for_num_outputs, layout_for_sizes
 
-TASK_NAMES = ("expr", "va", "au")
 FEATURE_DIM = 512  # per stream; the heads see the 1024-d concat [audio, video]
 CLIP_CHANNELS = 4  # RGB + mask
 
 
 # ---------------------------------------------------------------------------------------------
-# Output layouts
-
-
-@dataclass(frozen=True)
-class OutputLayout:
-    """Which output column means what.
-
-    ``order`` lists the task blocks in output order. The EXPR block has ``expr_slots`` logits of which
-    the first ``len(expr_names)`` are classes (MTMT reserves an 8th slot that 7-class editions leave
-    unused). VA is always two raw (pre-tanh for MTMT) values: valence, arousal.
-    """
-
-    name: str
-    order: tuple[str, ...]
-    expr_slots: int
-    expr_names: tuple[str, ...]
-    au_names: tuple[str, ...]
-
-    @property
-    def num_expr_classes(self) -> int:
-        return len(self.expr_names)
-
-    @property
-    def num_au(self) -> int:
-        return len(self.au_names)
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {"expr": self.expr_slots, "va": 2, "au": self.num_au}
-
-    @property
-    def num_outputs(self) -> int:
-        return sum(self.sizes.values())
-
-    @property
-    def slices(self) -> dict[str, slice]:
-        out, start = {}, 0
-        for task in self.order:
-            out[task] = slice(start, start + self.sizes[task])
-            start += self.sizes[task]
-        return out
-
-
-_ABAW2021 = OutputLayout("abaw2021", ("au", "expr", "va"), 8, EXPR_NAMES_7, AU_NAMES_12)
-LAYOUTS: dict[str, OutputLayout] = {
-    "abaw2020": OutputLayout("abaw2020", ("expr", "va", "au"), 7, EXPR_NAMES_7, AU_NAMES_8),
-    "abaw2021": _ABAW2021,
-    "mtmt": replace(_ABAW2021, name="mtmt"),
-    "abaw3": OutputLayout("abaw3", ("au", "expr", "va"), 8, EXPR_NAMES_8, AU_NAMES_12),
-}
-
-
-def get_layout(layout: str | OutputLayout) -> OutputLayout:
-    if isinstance(layout, OutputLayout):
-        return layout
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown output layout {layout!r} (known: {', '.join(LAYOUTS)})")
-    return LAYOUTS[layout]
+# Outputs (the layouts themselves are data in tasks.py)
 
 
 def split_outputs(out: Tensor | tuple, layout: str | OutputLayout) -> dict[str, Tensor]:
-    """B×K outputs → {'expr': B×C class logits, 'va': B×2 raw, 'au': B×n_au logits}.
+    """B×K outputs → {'expr': B×C class logits, 'va': B×2 raw, 'au': B×n_au logits}, the layout's blocks only.
 
     Unused EXPR slots are dropped. A (outputs, alpha) tuple from the self-cure model is accepted.
     """
@@ -97,23 +39,17 @@ def split_outputs(out: Tensor | tuple, layout: str | OutputLayout) -> dict[str, 
     if out.shape[-1] != layout.num_outputs:
         raise ValueError(f"layout {layout.name!r} has {layout.num_outputs} outputs, got {out.shape[-1]}")
     parts = {task: out[..., s] for task, s in layout.slices.items()}
-    parts["expr"] = parts["expr"][..., : layout.num_expr_classes]
+    if "expr" in parts:
+        parts["expr"] = parts["expr"][..., : layout.num_expr_classes]
     return parts
 
 
-def _layout_for_sizes(sizes: Mapping[str, int]) -> OutputLayout | None:
-    # The first registered layout wins, so AU 12 / EXPR 8 / VA 2 reads as abaw2021 rather than abaw3.
-    for layout in LAYOUTS.values():
-        if layout.sizes == dict(sizes):
-            return layout
-    return None
-
-
-def _layout_for_num_outputs(num_outputs: int) -> OutputLayout | None:
-    for layout in LAYOUTS.values():
-        if layout.num_outputs == num_outputs:
-            return layout
-    return None
+def va_output(va_raw: Tensor, layout: str | OutputLayout, clip: bool = True) -> Tensor:
+    """VA values from the raw B×2 VA block, by the layout's VA activation: tanh, or the raw values, clipped
+    to [−1, 1] unless ``clip`` is False (losses: a clip would stop the gradient outside the range)."""
+    if get_layout(layout).va_activation == "tanh":
+        return torch.tanh(va_raw)
+    return va_raw.clamp(-1, 1) if clip else va_raw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +163,7 @@ class TwoStreamAuralVisualModel(TwoStream):
     def __init__(self, num_outputs: int = 17, dropout: float = 0.0,
                  layout: str | OutputLayout | None = None) -> None:
         super().__init__()
-        self.layout = get_layout(layout) if layout is not None else _layout_for_num_outputs(num_outputs)
+        self.layout = get_layout(layout) if layout is not None else layout_for_num_outputs(num_outputs)
         if layout is not None:
             num_outputs = self.layout.num_outputs
         self.audio_model = AudioModel()
@@ -394,9 +330,9 @@ def _head_sizes(arch: str, state: Mapping[str, Tensor], path: Path) -> dict[str,
 def _infer_layout(arch: str, state: Mapping[str, Tensor], path: Path) -> OutputLayout:
     sizes = _head_sizes(arch, state, path)
     if arch == "tsav":
-        layout = _layout_for_num_outputs(sizes)
+        layout = layout_for_num_outputs(sizes)
     else:  # the published MTMT heads are concatenated AU, EXPR, VA
-        layout = LAYOUTS["mtmt"] if sizes == LAYOUTS["mtmt"].sizes else _layout_for_sizes(sizes)
+        layout = LAYOUTS["mtmt"] if sizes == LAYOUTS["mtmt"].sizes else layout_for_sizes(sizes)
     if layout is None:
         raise CheckpointError(f"{path}: unknown output layout for a {arch} model with head sizes {sizes} "
                               "(pass layout=...)")

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import tasks as T
 from data import annotations as A
 
 
@@ -23,7 +24,7 @@ def test_va_file_with_invalid_rows(tmp_path):
     assert lab.valid.tolist() == [True, False, True, False]
 
 
-@pytest.mark.parametrize("names", [A.EXPR_NAMES_7, A.EXPR_NAMES_8])
+@pytest.mark.parametrize("names", [T.EXPR_NAMES_7, T.EXPR_NAMES_8])
 def test_expr_file_both_headers(tmp_path, names):
     f = write(tmp_path / "e.txt", ",".join(names), ["0", "-1", str(len(names) - 1), "3"])
     lab = A.read_label_file(f, split="Train_Set")
@@ -32,7 +33,7 @@ def test_expr_file_both_headers(tmp_path, names):
     assert lab.valid.tolist() == [True, False, True, True]
 
 
-@pytest.mark.parametrize("names", [A.AU_NAMES_8, A.AU_NAMES_12])
+@pytest.mark.parametrize("names", [T.AU_NAMES_8, T.AU_NAMES_12])
 def test_au_file_per_entry_validity(tmp_path, names):
     k = len(names)
     rows = [",".join(["1"] * k), ",".join(["-1"] * k), ",".join(["0"] * (k - 1) + ["-1"])]
@@ -49,7 +50,7 @@ def test_errors_name_file_and_line(tmp_path):
     with pytest.raises(A.AnnotationError, match=r"bad3\.txt:2: expected 2 values"):
         A.read_label_file(write(tmp_path / "bad3.txt", "valence,arousal", ["0.1"]))
     with pytest.raises(A.AnnotationError, match=r"bad4\.txt:3: expression code must be an integer"):
-        A.read_label_file(write(tmp_path / "bad4.txt", ",".join(A.EXPR_NAMES_7), ["1", "2.5"]))
+        A.read_label_file(write(tmp_path / "bad4.txt", ",".join(T.EXPR_NAMES_7), ["1", "2.5"]))
     with pytest.raises(A.AnnotationError, match=r"empty\.txt:1: empty"):
         (tmp_path / "empty.txt").write_text("")
         A.read_label_file(tmp_path / "empty.txt")
@@ -64,8 +65,8 @@ def test_folder_layouts(tmp_path, layout):
             "2022": ("VA_Estimation_Challenge", "EXPR_Recognition_Challenge", "AU_Detection_Challenge",
                      "Train_Set")}[layout]
     root = tmp_path / "annotations"
-    au = A.AU_NAMES_8 if layout == "2020" else A.AU_NAMES_12
-    expr = A.EXPR_NAMES_8 if layout == "2022" else A.EXPR_NAMES_7
+    au = T.AU_NAMES_8 if layout == "2020" else T.AU_NAMES_12
+    expr = T.EXPR_NAMES_8 if layout == "2022" else T.EXPR_NAMES_7
     write(root / dirs[0] / dirs[3] / "vid1.txt", "valence,arousal", ["0,0"] * 3)
     write(root / dirs[0] / "Validation_Set" / "vid2_left.txt", "valence,arousal", ["0,0"] * 2)
     write(root / dirs[1] / dirs[3] / "vid1.txt", ",".join(expr), ["1"] * 3)
@@ -123,16 +124,16 @@ def test_fit_length_pads_and_truncates(tmp_path, caplog):
     shorter = A.fit_length(lab, 2)
     assert shorter.values.shape == (2, 2) and shorter.valid.all()
     assert A.fit_length(lab, 3) is lab
-    au = A.read_label_file(write(tmp_path / "a.txt", ",".join(A.AU_NAMES_12), [",".join(["1"] * 12)]))
+    au = A.read_label_file(write(tmp_path / "a.txt", ",".join(T.AU_NAMES_12), [",".join(["1"] * 12)]))
     padded = A.fit_length(au, 3)
     assert padded.values.shape == (3, 12) and padded.valid.sum() == 12 and np.all(padded.values[1:] == -1)
 
 
 def test_split_names_and_video_lists(tmp_path):
-    assert A.canonical_split("Training_Set") == A.canonical_split("train") == "Train_Set"
-    assert A.canonical_split("val") == "Validation_Set"
+    assert T.canonical_split("Training_Set") == T.canonical_split("train") == "Train_Set"
+    assert T.canonical_split("val") == "Validation_Set"
     with pytest.raises(ValueError, match="unknown split"):
-        A.canonical_split("Test_Set")
+        T.canonical_split("Test_Set")
     (tmp_path / "list.txt").write_text("vid1.mp4\n\nvid2_left\n# comment\n")
     assert A.read_video_list(tmp_path / "list.txt") == ["vid1", "vid2_left"]
 
@@ -148,11 +149,11 @@ def test_out_of_range_values_warn_once_per_file_and_become_invalid(tmp_path, cap
     assert np.isfinite(lab.values).all()  # NaN/inf became the invalid marker, not a value a loss could meet
     caplog.clear()
     rows = [",".join(["0"] * 11 + ["1"]), ",".join(["nan"] + ["0"] * 11), ",".join(["0.5"] + ["1"] * 11)]
-    au = A.read_label_file(write(tmp_path / "a.txt", ",".join(A.AU_NAMES_12), rows))
+    au = A.read_label_file(write(tmp_path / "a.txt", ",".join(T.AU_NAMES_12), rows))
     assert not au.valid[1, 0] and not au.valid[2, 0] and au.valid[1:, 1:].all()  # NaN/0.5 are not AU 0
     assert "a.txt:3: 2 lines" in caplog.text
     caplog.clear()
-    expr = A.read_label_file(write(tmp_path / "e.txt", ",".join(A.EXPR_NAMES_7), ["0", "7", "-1", "12"]))
+    expr = A.read_label_file(write(tmp_path / "e.txt", ",".join(T.EXPR_NAMES_7), ["0", "7", "-1", "12"]))
     assert expr.valid.tolist() == [True, False, False, False] and expr.values.tolist() == [0, -1, -1, -1]
     assert "e.txt:3: 2 lines" in caplog.text and "(first: '7')" in caplog.text
     caplog.clear()

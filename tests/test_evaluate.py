@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from data.annotations import AU_NAMES_12, EXPR_NAMES_7, MTL_HEADER
+from data.annotations import MTL_HEADER
+from tasks import AU_NAMES_12, EXPR_NAMES_7
 from tests.test_submission import make_video
 from utils import submission as S
 

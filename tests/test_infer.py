@@ -18,9 +18,9 @@ from toy_db import make_toy_db
 import test_val_aff2
 from data.clips import ClipConfig, ClipDataset, prepare_batch
 from data.video import read_frame_times
-from models.tsav import build_model, get_layout
+from models.tsav import build_model
+from tasks import get_edition, get_layout
 from utils import infer
-from utils.metrics import get_edition
 from utils.submit import PredictError, serve_columns, to_edition
 
 TINY = ClipConfig(clip_len=3, dilation=2, size=16, mask="tsav", audio_seconds=0.3)

@@ -15,6 +15,7 @@ from models.losses import (
     tsav_expr_keep_mask,
     va_ccc_loss,
 )
+from tasks import EXPR_NAMES_7, OutputLayout
 
 
 def numpy_ccc(x: np.ndarray, y: np.ndarray) -> float:
@@ -192,3 +193,15 @@ def test_rank_regularization():
     assert expected > 0
     assert float(rank_regularization(torch.tensor([0.9] * 7 + [0.1] * 3))) == 0.0
     assert float(rank_regularization(torch.tensor([[0.4]]))) == 0.0
+
+
+def test_multitask_loss_of_an_expr_va_layout_trains_identity_va_unclipped():
+    layout = OutputLayout("ev", ("expr", "va"), 7, EXPR_NAMES_7, va_activation="identity")
+    out = torch.tensor([[2.0, 0, 0, 0, 0, 0, 0, 1.5, -0.5], [0, 2.0, 0, 0, 0, 0, 0, 0.2, 0.4],
+                        [0, 0, 2.0, 0, 0, 0, 0, -0.3, 0.1]], requires_grad=True)
+    target = {"expr": torch.tensor([0, 1, 2]), "va": torch.tensor([[0.9, -0.4], [0.1, 0.3], [-0.2, 0.2]])}
+    total, parts = MultiTaskLoss(layout)(out, target)
+    assert set(parts) == {"expr", "va"}
+    assert parts["va"].item() == pytest.approx(ccc_loss(out[:, 7:].detach(), target["va"]).item())
+    total.backward()
+    assert out.grad[0, 7] != 0  # 1.5 lies outside [-1, 1]: a clip there would give no gradient

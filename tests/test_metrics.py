@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from data.annotations import AU_NAMES_12, EXPR_NAMES_7, labels_from_array
+from data.annotations import labels_from_array
+from tasks import AU_NAMES_12, EDITIONS, EXPR_NAMES_7
 from utils import metrics as M
 
 
@@ -79,7 +80,7 @@ def test_va_scores_ignore_invalid_frames():
                                        ("abaw3", (1, 0))])
 def test_expr_formula_per_edition(edition, w):
     rng = np.random.default_rng(3)
-    k = len(M.EDITIONS[edition].expr_names)
+    k = len(EDITIONS[edition].expr_names)
     t, p = rng.integers(-1, k, 600), rng.integers(0, k, 600)
     valid = t >= 0
     out = M.expr_scores(p, t, valid, edition)
@@ -98,7 +99,7 @@ def test_expr_other_targets_dropped_under_seven_classes():
 
 @pytest.mark.parametrize("edition", ["abaw2020", "abaw2021", "abaw3"])
 def test_au_formula_per_edition(edition):
-    ed = M.EDITIONS[edition]
+    ed = EDITIONS[edition]
     rng = np.random.default_rng(4)
     k = len(ed.au_names)
     t = rng.integers(0, 2, (300, k))

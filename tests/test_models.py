@@ -11,7 +11,6 @@ from torchvision.models import resnet18
 from torchvision.models.video import r2plus1d_18
 
 from models.tsav import (
-    LAYOUTS,
     AudioModel,
     CheckpointError,
     TwoStreamAuralVisualModel,
@@ -25,7 +24,9 @@ from models.tsav import (
     model_layout,
     split_outputs,
     to_channels_last,
+    va_output,
 )
+from tasks import EXPR_NAMES_6, EXPR_NAMES_7, LAYOUTS, OutputLayout
 
 # The published key lists (name shape dtype per line) live outside the repo; CI without them skips that
 # test and still checks the entry and parameter counts below.
@@ -154,6 +155,26 @@ def test_split_outputs_rejects_wrong_width_and_unknown_layout():
         split_outputs(torch.zeros(2, 22), "abaw2020")
     with pytest.raises(ValueError, match="unknown output layout"):
         split_outputs(torch.zeros(2, 22), "abaw1999")
+
+
+def test_split_outputs_of_a_layout_with_some_tasks():
+    expr_va = OutputLayout("ev", ("va", "expr"), 8, EXPR_NAMES_7, va_activation="identity")
+    parts = split_outputs(torch.arange(10, dtype=torch.float32)[None], expr_va)
+    assert set(parts) == {"va", "expr"}
+    assert parts["va"][0].tolist() == [0.0, 1.0] and parts["expr"][0].tolist() == list(map(float, range(2, 9)))
+    lsd = OutputLayout("lsd", ("expr",), 6, EXPR_NAMES_6)
+    only = split_outputs(torch.zeros(3, 6), lsd)
+    assert set(only) == {"expr"} and only["expr"].shape == (3, 6)
+    with torch.device("meta"):  # shapes only
+        assert build_model("tsav", lsd).fc[1].out_features == 6
+
+
+def test_va_output_follows_the_layout_activation():
+    raw = torch.tensor([[-3.0, 0.5], [2.0, -0.25]])
+    assert torch.equal(va_output(raw, "abaw2021"), torch.tanh(raw))
+    identity = OutputLayout("ev", ("expr", "va"), 7, EXPR_NAMES_7, va_activation="identity")
+    assert va_output(raw, identity).tolist() == [[-1.0, 0.5], [1.0, -0.25]]  # identity, then clipped
+    assert torch.equal(va_output(raw, identity, clip=False), raw)  # losses: no clip, the gradient flows
 
 
 def test_build_model_follows_the_layout():

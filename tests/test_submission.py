@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.annotations import AU_NAMES_12, EXPR_NAMES_7, EXPR_NAMES_8
+from tasks import AU_NAMES_12, EDITIONS, EXPR_NAMES_7, EXPR_NAMES_8
 from utils import submission as S
-from utils.metrics import EDITIONS
 
 
 def random_preds(edition: str, lengths: dict[str, int], seed: int = 0) -> dict:

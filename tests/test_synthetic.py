@@ -12,15 +12,16 @@ import pytest
 from av.video.frame import PictureType
 from numpy.lib.stride_tricks import sliding_window_view
 
+import tasks as T
 from data import annotations as A
 from data import synthetic as S
 
 LUMA = np.array([0.299, 0.587, 0.114])
 EDITION_DIRS = {
-    "abaw2020": (("VA_Set", "EXPR_Set", "AU_Set"), "Training_Set", A.EXPR_NAMES_7, A.AU_NAMES_8),
-    "abaw2021": (("VA_Set", "EXPR_Set", "AU_Set"), "Train_Set", A.EXPR_NAMES_7, A.AU_NAMES_12),
+    "abaw2020": (("VA_Set", "EXPR_Set", "AU_Set"), "Training_Set", T.EXPR_NAMES_7, T.AU_NAMES_8),
+    "abaw2021": (("VA_Set", "EXPR_Set", "AU_Set"), "Train_Set", T.EXPR_NAMES_7, T.AU_NAMES_12),
     "abaw3": (("VA_Estimation_Challenge", "EXPR_Classification_Challenge", "AU_Detection_Challenge"),
-              "Train_Set", A.EXPR_NAMES_8, A.AU_NAMES_12),
+              "Train_Set", T.EXPR_NAMES_8, T.AU_NAMES_12),
 }
 
 
@@ -132,13 +133,13 @@ def test_headers_and_parsing_per_edition(ds, tracks, edition):
     root = ds[0]
     task_dirs, train, expr_names, au_names = EDITION_DIRS[edition]
     expected = {"VA": "valence,arousal", "EXPR": ",".join(expr_names), "AU": ",".join(au_names)}
-    for task, d in zip(A.TASKS, task_dirs):
+    for task, d in zip(T.TASKS, task_dirs):
         for f in (root / "annotations" / edition / d).glob("*/*.txt"):
             text = f.read_text()
             assert text.split("\n", 1)[0] == expected[task] and "\r" not in text and text.endswith("\n")
             assert A.read_label_file(f, task=task).names == tuple(expected[task].split(","))
     ann = A.read_annotations(root / "annotations" / edition)
-    for task in A.TASKS:
+    for task in T.TASKS:
         want = {n: t["split"][task] for n, t in tracks.items() if t["split"][task] not in (None, "test")}
         assert {n: lab.split for n, lab in ann[task].items()} == want
         for name, lab in ann[task].items():
@@ -160,8 +161,8 @@ def test_seven_class_files_write_other_as_invalid(ds):
 def test_au_subsets_agree(ds):
     ann8 = A.read_annotations(ds[0] / "annotations" / "abaw2020", tasks=("AU",))["AU"]
     ann12 = A.read_annotations(ds[0] / "annotations" / "abaw2021", tasks=("AU",))["AU"]
-    cols = [A.AU_NAMES_12.index(a) for a in A.AU_NAMES_8 if a in A.AU_NAMES_12]
-    cols8 = [i for i, a in enumerate(A.AU_NAMES_8) if a in A.AU_NAMES_12]
+    cols = [T.AU_NAMES_12.index(a) for a in T.AU_NAMES_8 if a in T.AU_NAMES_12]
+    cols8 = [i for i, a in enumerate(T.AU_NAMES_8) if a in T.AU_NAMES_12]
     for name, lab in ann8.items():
         assert np.array_equal(lab.values[:, cols8], ann12[name].values[:, cols])
         assert np.array_equal(lab.valid.all(1), lab.valid.any(1))  # invalid rows are whole rows
@@ -212,7 +213,7 @@ def test_mtl_files(ds, tracks, abaw3):
             for k in listed:  # only frames that have a face (a crop)
                 assert (root / "cropped_aligned" / name / f"{k:05d}.jpg").is_file()
             k0 = np.array(listed) - 1
-            for task in A.TASKS:
+            for task in T.TASKS:
                 got = mtl[task][name]
                 if name in abaw3[task]:
                     ref = abaw3[task][name]
@@ -265,7 +266,7 @@ def test_label_length_deltas(ds, tracks, abaw3):
     deltas = {n: t["label_delta"] for n, t in tracks.items() if t["label_delta"]}
     assert 2 <= len(deltas) <= 3 and all(1 <= abs(d) <= 3 for d in deltas.values())
     for name, t in tracks.items():
-        for lab in (abaw3[task].get(name) for task in A.TASKS):
+        for lab in (abaw3[task].get(name) for task in T.TASKS):
             if lab is not None:
                 assert len(lab) - t["video"]["n_frames"] == t["label_delta"]
 
@@ -302,7 +303,7 @@ def test_face_leaves_the_frame(ds, tracks, abaw3):
     k0 = np.arange(first - 1, last)
     assert not any((root / "cropped_aligned" / name / f"{k + 1:05d}.jpg").exists() for k in k0)
     assert np.isnan(np.load(root / "truth" / f"{name}.npy")[k0]).all()
-    for task in A.TASKS:
+    for task in T.TASKS:
         assert not abaw3[task][name].valid[k0].any()
         assert [first, last] in [r for r in t["invalid_frames"][task]] or any(
             a <= first and last <= b for a, b in t["invalid_frames"][task])
@@ -372,7 +373,7 @@ def test_au_dots_mark_active_action_units(ds, tracks, abaw3):
     k = np.array([int(f.stem) - 1 for f in files])
     lum = np.stack([cv2.imread(str(f))[:, :, ::-1] @ LUMA for f in files])
     values, valid = labels_at(lab, k)
-    for j, au in enumerate(A.AU_NAMES_12):
+    for j, au in enumerate(T.AU_NAMES_12):
         dark = np.mean([lum[:, round(y), round(x)] for x, y in points[au]], axis=0) / np.median(
             lum[:, 30:95, 30:82], axis=(1, 2))
         ok = valid[:, j]

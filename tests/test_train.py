@@ -17,8 +17,9 @@ import train
 from data import store
 from data.clips import ClipConfig, ClipDataset, prepare_batch
 from models.losses import MultiTaskLoss
-from models.tsav import build_model, get_layout, load_published, read_checkpoint
+from models.tsav import build_model, load_published, read_checkpoint
 from opts import train_parser
+from tasks import get_layout
 from utils import engine
 from utils.predict import fill_faceless, load_model, predict_split, predict_track
 from utils.submission import read_per_video_folder, score_submission, write_per_video

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from data import masks, store
-from data.annotations import AU_NAMES_12, EXPR_NAMES_7, EXPR_NAMES_8
+from tasks import AU_NAMES_12, EXPR_NAMES_7, EXPR_NAMES_8
 
 FPS = 30.0
 

@@ -13,8 +13,9 @@ import argparse
 
 import numpy as np
 
-from data.annotations import TASKS, TrackLabels, read_annotations
-from utils.metrics import columns_by_name, get_edition
+from data.annotations import TrackLabels, read_annotations
+from tasks import EDITIONS, TASKS, TRAIN_SPLIT, VAL_SPLIT, get_edition
+from utils.metrics import columns_by_name
 from utils.submission import per_video_names, video_frame_counts, write_per_video
 
 
@@ -38,9 +39,9 @@ def training_prior(train: dict[str, dict[str, TrackLabels]], edition: str) -> di
     return prior
 
 
-def predict_prior(annotations: str, videos: list[str], edition: str, split: str = "Validation_Set"
+def predict_prior(annotations: str, videos: list[str], edition: str, split: str = VAL_SPLIT
                   ) -> dict[str, dict[str, np.ndarray]]:
-    train = read_annotations(annotations, splits=("Train_Set",))
+    train = read_annotations(annotations, splits=(TRAIN_SPLIT,))
     target = read_annotations(annotations, splits=(split,))
     prior = training_prior(train, edition)
     tracks = sorted({t for task in TASKS for t in target[task]})
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Write the training-prior reference prediction for a split.")
     p.add_argument("--annotations", required=True, help="annotation folder (task folders of one edition)")
     p.add_argument("--videos", nargs="+", required=True, help="video folder(s), for the frame counts")
-    p.add_argument("--edition", default="abaw2021", choices=("abaw2020", "abaw2021", "abaw3"),
+    p.add_argument("--edition", default="abaw2021", choices=tuple(EDITIONS),
                    help="edition whose file headers (class count, AU set) to write")
-    p.add_argument("--split", default="Validation_Set", help="which annotated split to predict")
+    p.add_argument("--split", default=VAL_SPLIT, help="which annotated split to predict")
     p.add_argument("--out", default="demo_out/baseline_pred", help="submission folder to write")
     args = p.parse_args(argv)
     preds = predict_prior(args.annotations, args.videos, args.edition, args.split)

@@ -62,8 +62,11 @@ from data.clips import (
 )
 from data.video import find_videos
 from models.losses import MultiTaskLoss
-from models.tsav import build_model, get_layout, to_channels_last
+from models.tsav import build_model, to_channels_last
+from tasks import get_layout
 from utils import infer
+from utils.dist import DeviceError, pick_device
+from utils.tables import print_table
 
 COMMANDS = ("preprocess", "loader", "train", "infer", "all")
 DEFAULT_VIDEOS = ("1-30-480x270", "video2", "7-30-640x360")  # mp4+AAC, avi+PCM 22 kHz, two people
@@ -106,12 +109,12 @@ def cuda_sync(device: torch.device) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device.type == "cuda" else None
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("utils.bench: --device cuda but no CUDA device is available")
-    return torch.device(name)
+def bench_device(name: str) -> torch.device:
+    """The --device of a sub-command; one that cannot be used ends the bench with its one-line reason."""
+    try:
+        return pick_device(name)
+    except DeviceError as e:
+        raise SystemExit(f"utils.bench: {e}") from None
 
 
 @contextlib.contextmanager
@@ -167,14 +170,6 @@ def library_versions() -> dict:
     except ImportError:
         versions["dlib"] = None
     return versions
-
-
-def print_table(title: str, header: list[str], rows: list[list]) -> None:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(header, *cells)]
-    print(f"\n{title}")
-    for r in [header, ["-" * w for w in widths], *cells]:
-        print("  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths))).rstrip())
 
 
 def clip_shape(c: dict) -> str:
@@ -589,12 +584,13 @@ def print_preprocess(r: dict) -> None:
     rows.append(["overall (1 worker, 1 thread)", fmt(r["overall"]["seconds"], 3), fmt(r["overall"]["frames_per_s"], 0)])
     rows.append(["overall per CPU-second (process CPU time)", fmt(r["overall_cpu"]["cpu_seconds"], 3),
                  fmt(r["overall_cpu"]["frames_per_cpu_s"], 0)])
-    print_table(f"preprocess: {r['frames']} frames of {len(r['videos'])} videos ({r['tracks']} tracks), "
-                f"detector {r['detector']} every {r['detect_every']} frames",
-                ["stage", "seconds median [min-max]", "frames/s median [min-max]"], rows)
+    print_table(["stage", "seconds median [min-max]", "frames/s median [min-max]"], rows, right=True,
+                title=f"preprocess: {r['frames']} frames of {len(r['videos'])} videos ({r['tracks']} tracks), "
+                f"detector {r['detector']} every {r['detect_every']} frames")
     b = r["bytes_per_frame"]
     kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(b["ours_by_kind"].items(), key=lambda kv: -kv[1]))
-    print_table(f"bytes per track frame ({r['track_frames']} track frames)", ["layout", "raw", "on disk"], [
+    print_table(title=f"bytes per track frame ({r['track_frames']} track frames)", right=True,
+                header=["layout", "raw", "on disk"], rows=[
         ["ours --masks tsav,mtmt: LMDB (rgb JPEG q95 + 2 PNG masks + arrays + log-mel)", f"{b['ours_stored']:.0f}",
          f"{b['ours_disk']:.0f}"],
         ["TSAV: crop JPEG q95 + mask JPEG q100 (4 KiB blocks on disk)", f"{b['tsav_images_raw']:.0f}",
@@ -713,7 +709,7 @@ def loader_entry(args: argparse.Namespace, w: int, ours: dict[str, ClipDataset],
 
 def prepare_entry(args: argparse.Namespace, ours: ClipDataset, index: list[int]) -> dict:
     """Our loader leaves uint8 → float, colour jitter and normalisation to ``prepare_batch`` on the device."""
-    device = pick_device(args.device)
+    device = bench_device(args.device)
     batch = torch.utils.data.default_collate([ours[i] for i in index[:args.loader_batch]])
     batch["jitter"][:, 0] = 1.1  # a brightness change in every clip: the jitter path, not the identity shortcut
 
@@ -727,9 +723,9 @@ def print_loader(r: dict) -> None:
              fmt(e["lmdb_webp_drawn_mask"]["clips_per_s_per_worker"]), fmt(e["tsav"]["clips_per_s_per_worker"]),
              f"{e['speedup']:.1f}x / {e['speedup_drawn_mask']:.1f}x / {e['speedup_webp_drawn_mask']:.1f}x"]
             for w, e in r["workers"].items()]
-    print_table(f"loader: {r['clips']} clips of {clip_shape(r['clip'])}, batch {r['batch_size']}",
-                ["workers", "ours: JPEG + PNG mask", "JPEG, mask drawn (default)", "WebP, mask drawn", "TSAV-style",
-                 "speedup (3 variants)"], rows)
+    print_table(["workers", "ours: JPEG + PNG mask", "JPEG, mask drawn (default)", "WebP, mask drawn", "TSAV-style",
+                 "speedup (3 variants)"], rows, right=True,
+                title=f"loader: {r['clips']} clips of {clip_shape(r['clip'])}, batch {r['batch_size']}")
     print("clips/s per worker, median [min-max]; 0 workers = in the main process")
     p = r["prepare"]
     print(f"ours on the device ({p['device']}, prepare_batch: float, jitter, normalise): "
@@ -882,7 +878,7 @@ def bench_ddp(args: argparse.Namespace) -> dict:
 
 
 def bench_train(args: argparse.Namespace) -> dict:
-    device = pick_device(args.device)
+    device = bench_device(args.device)
     clip = clip_config(args)
     result: dict = {"device": str(device), "batch_size": args.batch_size, "model": args.model, "clip": asdict(clip),
                     "threads": torch.get_num_threads(), "configs": [], "notes": []}
@@ -910,17 +906,18 @@ def print_train(r: dict) -> None:
     rows = [[c2["amp"], "on" if c2["channels_last"] else "off", "on" if c2["compile"] else "off",
              fmt(c2["step_seconds"], 2), fmt(c2["clips_per_s"], 2), f"{c2['warmup_seconds']:.1f}"]
             for c2 in r["configs"]]
-    print_table(f"train step (fwd+bwd+Adam), {r['device']}, {r['threads']} threads, batch {r['batch_size']} of "
-                f"{clip_shape(r['clip'])}",
-                ["precision", "channels-last", "compile", "s/step", "clips/s", "warm-up s"], rows)
+    print_table(["precision", "channels-last", "compile", "s/step", "clips/s", "warm-up s"], rows, right=True,
+                title=f"train step (fwd+bwd+Adam), {r['device']}, {r['threads']} threads, batch {r['batch_size']} "
+                f"of {clip_shape(r['clip'])}")
     if "ddp" in r:
         d = r["ddp"]
-        print_table(f"DDP on CPU ({d['backend']}, {d['threads_per_proc']} thread(s) per process, batch "
-                    f"{d['per_proc_batch']} per process)", ["processes", "s/step", "CPU s/step (rank 0)", "clips/s"],
-                    [[1, fmt(d["single"]["step_seconds"], 2), fmt(d["single"]["cpu_seconds"], 2),
-                      fmt(d["single"]["clips_per_s"], 2)],
-                     [d["procs"], fmt(d["multi"]["step_seconds"], 2), fmt(d["multi"]["cpu_seconds"], 2),
-                      fmt(d["multi"]["clips_per_s"], 2)]])
+        print_table(title=f"DDP on CPU ({d['backend']}, {d['threads_per_proc']} thread(s) per process, batch "
+                    f"{d['per_proc_batch']} per process)", right=True,
+                    header=["processes", "s/step", "CPU s/step (rank 0)", "clips/s"],
+                    rows=[[1, fmt(d["single"]["step_seconds"], 2), fmt(d["single"]["cpu_seconds"], 2),
+                           fmt(d["single"]["clips_per_s"], 2)],
+                          [d["procs"], fmt(d["multi"]["step_seconds"], 2), fmt(d["multi"]["cpu_seconds"], 2),
+                           fmt(d["multi"]["clips_per_s"], 2)]])
         print(f"one allreduce of all gradients alone: {fmt(d['multi']['allreduce_seconds'], 2)} s")
         print(f"scaling efficiency {d['efficiency']:.0%} (= {d['procs']}-process clips/s / ({d['procs']} x 1-process))")
     for n in r["notes"]:
@@ -1011,7 +1008,7 @@ def compare_pipelines(args: argparse.Namespace, model: nn.Module, db_path: Path,
 
 
 def bench_infer(args: argparse.Namespace) -> dict:
-    device = pick_device(args.device)
+    device = bench_device(args.device)
     db_path, export = ensure_prepared(args)
     track, n_frames = pick_track(db_path, args.track)
     clip = clip_config(args)
@@ -1044,8 +1041,9 @@ def print_infer(r: dict) -> None:
     for name, e in (("end to end (model)", r["end_to_end"]), ("inputs only (model stubbed)", r["inputs_only"])):
         rows.append([name, e["frames"], fmt(e["ours"]["frames_per_s"], 2), fmt(e["tsav"]["frames_per_s"], 2),
                      f"{e['speedup']:.1f}x"])
-    print_table(f"infer: track {r['track']}, {r['device']}, clip {clip_shape(r['clip'])}, batch {r['batch_size']}, "
-                f"{r['workers']} workers", ["run", "frames", "ours frames/s", "TSAV loop frames/s", "speedup"], rows)
+    print_table(["run", "frames", "ours frames/s", "TSAV loop frames/s", "speedup"], rows, right=True,
+                title=f"infer: track {r['track']}, {r['device']}, clip {clip_shape(r['clip'])}, batch "
+                f"{r['batch_size']}, {r['workers']} workers")
     e = r["inputs_only"]
     print(f"ours, crop decoding only (the CPU's share when clips are gathered and normalised on a GPU, as "
           f"utils.infer does): {fmt(e['ours_decode_only']['frames_per_s'], 0)} frames/s = "
@@ -1109,9 +1107,9 @@ def goals(results: dict) -> dict:
 
 def print_goals(g: dict) -> None:
     if g:
-        print_table("goals", ["figure", "value", "target", "met"],
-                    [[k, f"{v['value']:.3g}" if isinstance(v["value"], float) else v["value"], v["target"],
-                      "yes" if v["met"] else "NO"] for k, v in g.items()])
+        print_table(title="goals", right=True, header=["figure", "value", "target", "met"],
+                    rows=[[k, f"{v['value']:.3g}" if isinstance(v["value"], float) else v["value"], v["target"],
+                           "yes" if v["met"] else "NO"] for k, v in g.items()])
 
 
 RUNNERS = {"preprocess": bench_preprocess, "loader": bench_loader, "train": bench_train, "infer": bench_infer}

@@ -30,16 +30,36 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' → the local GPU when there is one, else CPU; 'cuda' → this process's GPU."""
+class DeviceError(RuntimeError):
+    """A --device this machine cannot use (one line naming it)."""
+
+
+def pick_device(name: str, local_rank: int | None = None) -> torch.device:
+    """The torch device a --device value names; every script picks its device here.
+
+    'auto': the GPU when CUDA is available, else the CPU. A CUDA device on a machine without CUDA, a GPU
+    index it does not have, or a name torch does not know: DeviceError, before any tensor is moved there.
+    ``local_rank`` (a process of a torchrun job): a bare 'cuda' means this process's GPU, cuda:<local_rank>,
+    which also becomes the current device; without it, a bare 'cuda' stays torch's current device.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda but no CUDA device is available")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise DeviceError(f"--device {name!r}: {str(e).splitlines()[0]}") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise DeviceError(f"--device {name} but no CUDA device is available")
+    this_process = device.index is None and local_rank is not None
+    if this_process:
+        device = torch.device("cuda", local_rank)
+    if (device.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if this_process:
+        torch.cuda.set_device(device)
+    return device
 
 
 def init(device: str = "auto", timeout_minutes: float = 60) -> DistInfo:

@@ -16,7 +16,6 @@ import csv
 import functools
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -43,9 +42,7 @@ from models.losses import MultiTaskLoss, rank_regularization
 from models.mean_teacher import MeanTeacher, consistency_loss, sigmoid_rampup
 from models.tsav import (
     CheckpointError,
-    OutputLayout,
     build_model,
-    get_layout,
     init_backbones_from,
     load_published,
     read_checkpoint,
@@ -53,11 +50,23 @@ from models.tsav import (
     unwrap_model,
 )
 from opts import task_weights
+from tasks import Edition, OutputLayout, get_edition, get_layout, layout_au_columns
 from utils import dist, run_dir
-from utils.metrics import Edition, au_scores, expr_scores, get_edition, total_score, va_scores
-from utils.predict import autocast, edition_au_columns, predict_indices, progress_bar
+from utils.atomic import atomic_path
+from utils.metrics import au_scores, expr_scores, total_score, va_scores
+from utils.optim import (
+    GradientStep,
+    build_optimizer,
+    build_scheduler,
+    check_resume_options,
+    group_lrs,
+    lr_columns,
+    optimizer_steps_per_epoch,
+    restore_optimizer,
+    schedule_from_args,
+)
+from utils.predict import autocast, predict_indices, progress_bar
 
-EDITION_OF_LAYOUT = {"abaw2020": "abaw2020", "abaw2021": "abaw2021", "mtmt": "abaw2021", "abaw3": "abaw3"}
 CHECKPOINT_FORMAT = 1
 CSV_FIELDS = ("epoch", "step", "lr", "seconds", "loss", "loss_expr", "loss_au", "loss_va", "consistency",
               "consistency_weight", "val_total", "val_va", "val_expr", "val_au", "ccc_valence", "ccc_arousal",
@@ -89,7 +98,7 @@ def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespac
     """Fill the 'auto' choices that depend on other flags or on the device."""
     args = argparse.Namespace(**vars(args))
     if args.edition is None:
-        args.edition = EDITION_OF_LAYOUT[args.layout]
+        args.edition = get_layout(args.layout).edition
     if args.select == "auto":
         args.select = "teacher" if args.ssl == "mean_teacher" else "student"
     if args.select == "teacher" and args.ssl != "mean_teacher":
@@ -149,26 +158,6 @@ def init_weights(model: nn.Module, path: str, log) -> None:
         f"{source.layout.name}); heads{' and ' + str(len(fresh)) + ' stream tensors' if fresh else ''} stay fresh")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LR factor: linear warm-up, then constant ('none'), cosine to min_lr, or ×gamma every k epochs."""
-    warmup = int(args.warmup_epochs * steps_per_epoch)
-    total = max(1, args.epochs * steps_per_epoch)
-    floor = args.min_lr / args.lr
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if args.sched == "cosine":
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        if args.sched == "step":
-            return args.gamma ** (step // (args.step_epochs * steps_per_epoch))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -209,16 +198,8 @@ def save_atomic(obj: dict, path: Path) -> None:
     The temp file's name holds the host and pid (utils.run_dir.temp_path) so that a later run can tell a
     file left by a killed save from one being written.
     """
-    tmp = run_dir.temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path, temp=run_dir.temp_path(path), fsync=True) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def selected_model(model: nn.Module, teacher: MeanTeacher | None, select: str) -> nn.Module:
@@ -253,6 +234,7 @@ def read_resume(path: str, args: argparse.Namespace, layout: OutputLayout) -> di
     if (ckpt.get("teacher") is None) != (args.ssl != "mean_teacher"):
         raise CheckpointError(f"{path}: saved {'with' if ckpt.get('teacher') else 'without'} a mean teacher; "
                               f"this run has --ssl {args.ssl}")
+    check_resume_options(ckpt.get("args") or {}, args, path)
     return ckpt
 
 
@@ -263,58 +245,67 @@ def read_resume(path: str, args: argparse.Namespace, layout: OutputLayout) -> di
 def train_one_epoch(model: nn.Module, teacher: MeanTeacher | None, criterion: MultiTaskLoss, loader: DataLoader,
                     optimizer, scheduler, scaler, state: TrainState, args: argparse.Namespace,
                     device: torch.device, layout: OutputLayout, tb, progress: bool) -> dict[str, float]:
-    """One pass over the epoch's draws; returns mean losses over its steps.
+    """One pass over the epoch's draws, an optimiser step every --accum-steps batches; mean losses over its batches.
 
-    Losses are summed on the device (float64) and read back only when logged, so a step does not wait
-    for the device just to log.
+    The schedule and the teacher's EMA advance once per optimiser step. Losses are summed on the device
+    (float64) and read back only when logged, so a step does not wait for the device just to log.
     """
     model.train()
     sums: dict[str, torch.Tensor | float] = {}
-    steps = len(loader)
+    batches = len(loader)
+    grads = GradientStep(model, optimizer, scaler, args.accum_steps, batches, args.clip_grad)
     bar = progress_bar(loader, progress, f"epoch {state.epoch}")
     for i, batch in enumerate(bar):
-        batch = prepare_batch(batch, device, args.channels_last)
-        inputs = {"clip": batch["clip"], "audio_features": batch["audio_features"]}
-        targets = {k: batch[k] for k in ("expr", "au", "va")}
-        valid = {k: batch[f"{k}_valid"] for k in ("expr", "au", "va")}
-        with autocast(device, args.amp):
-            out = model(inputs)
-        loss, parts = criterion(out, targets, valid)
-        logs = {"loss_" + k: v.detach() for k, v in parts.items()}
-        if teacher is not None and args.consistency_weight > 0:  # weight 0: the teacher is only an EMA model
-            with autocast(device, args.amp):
-                t_out = teacher({"clip": batch["teacher_clip"], "audio_features": batch["audio_features"]})
-            cons, _ = consistency_loss(out, t_out, valid, layout, only_missing=args.consistency == "missing",
-                                       weights=criterion.weights, rank_weight=args.rank_weight,
-                                       au_reduction=args.au_reduction)
-            weight = sigmoid_rampup(state.epoch + i / steps, args.consistency_weight, args.rampup_epochs)
-            loss = loss + weight * cons
-            logs.update(consistency=cons.detach(), consistency_weight=weight)
-        elif isinstance(out, tuple) and args.rank_weight:  # MTMT head without a teacher: rank term alone
-            loss = loss + args.rank_weight * rank_regularization(out[1])
-        if not torch.isfinite(loss) and args.amp != "fp16":  # fp16 overflows are the scaler's to skip
-            raise FloatingPointError(f"non-finite loss at step {state.step} (epoch {state.epoch}): {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if args.clip_grad:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if teacher is not None:
-            teacher.update(model)
-        state.step += 1
+        with grads.batch(i):  # DDP: no gradient all-reduce until the accumulation group's last batch
+            loss, logs = batch_loss(model, teacher, criterion, batch, args, device, layout, state.epoch + i / batches)
+            if not torch.isfinite(loss) and args.amp != "fp16":  # fp16 overflows are the scaler's to skip
+                raise FloatingPointError(f"non-finite loss at step {state.step} (epoch {state.epoch}): {loss.item()}")
+            grads.backward(loss, i)
         logs["loss"] = loss.detach()
         for k, v in logs.items():
             sums[k] = sums.get(k, 0.0) + (v.double() if torch.is_tensor(v) else v)
         if progress:
             bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+        if not grads.ends_group(i):
+            continue
+        grads.step()
+        scheduler.step()
+        if teacher is not None:
+            teacher.update(model)
+        state.step += 1
         if tb is not None and state.step % args.log_every == 0:
             for k, v in logs.items():
                 tb.add_scalar(f"train/{k}", float(v), state.step)
             tb.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state.step)
-    return {k: float(v) / max(steps, 1) for k, v in sums.items()}
+            for k, v in lr_columns(optimizer).items():
+                tb.add_scalar(f"train/{k}", v, state.step)
+    return {k: float(v) / max(batches, 1) for k, v in sums.items()}
+
+
+def batch_loss(model: nn.Module, teacher: MeanTeacher | None, criterion: MultiTaskLoss, batch: dict,
+               args: argparse.Namespace, device: torch.device, layout: OutputLayout,
+               epoch_progress: float) -> tuple[torch.Tensor, dict]:
+    """Supervised loss of one batch (+ ramped consistency to the teacher, or the MTMT rank term) and its parts."""
+    batch = prepare_batch(batch, device, args.channels_last)
+    inputs = {"clip": batch["clip"], "audio_features": batch["audio_features"]}
+    targets = {k: batch[k] for k in ("expr", "au", "va")}
+    valid = {k: batch[f"{k}_valid"] for k in ("expr", "au", "va")}
+    with autocast(device, args.amp):
+        out = model(inputs)
+    loss, parts = criterion(out, targets, valid)
+    logs = {"loss_" + k: v.detach() for k, v in parts.items()}
+    if teacher is not None and args.consistency_weight > 0:  # weight 0: the teacher is only an EMA model
+        with autocast(device, args.amp):
+            t_out = teacher({"clip": batch["teacher_clip"], "audio_features": batch["audio_features"]})
+        cons, _ = consistency_loss(out, t_out, valid, layout, only_missing=args.consistency == "missing",
+                                   weights=criterion.weights, rank_weight=args.rank_weight,
+                                   au_reduction=args.au_reduction)
+        weight = sigmoid_rampup(epoch_progress, args.consistency_weight, args.rampup_epochs)
+        loss = loss + weight * cons
+        logs.update(consistency=cons.detach(), consistency_weight=weight)
+    elif isinstance(out, tuple) and args.rank_weight:  # MTMT head without a teacher: rank term alone
+        loss = loss + args.rank_weight * rank_regularization(out[1])
+    return loss, logs
 
 
 @torch.no_grad()
@@ -350,7 +341,7 @@ def score_predictions(preds: dict[str, np.ndarray], dataset: ClipDataset, indice
                       edition: Edition) -> dict:
     """Official scores of predictions for ``indices`` against the dataset's labels (all frames concatenated)."""
     lab = {k: v[indices] for k, v in dataset.labels.items()}
-    cols = edition_au_columns(dataset.layout, edition)
+    cols = layout_au_columns(dataset.layout, edition)
     out: dict = {"edition": edition.name,
                  "va": va_scores(preds["VA"], lab["va"], lab["va_valid"]),
                  "expr": expr_scores(preds["EXPR"], lab["expr"], lab["expr_valid"], edition),
@@ -379,8 +370,9 @@ def evaluate(model: nn.Module, dataset: ClipDataset, indices: np.ndarray, editio
 class EpochLog:
     """log.csv (one row per epoch, appended across resumes) and TensorBoard; rank 0 only."""
 
-    def __init__(self, out: Path, tensorboard: bool) -> None:
+    def __init__(self, out: Path, tensorboard: bool, extra_fields: tuple[str, ...] = ()) -> None:
         self.csv_path = out / "log.csv"
+        self.fields = CSV_FIELDS + extra_fields  # e.g. each parameter group's lr (lr_<name>) when there are several
         self.tb = None
         if tensorboard:
             try:
@@ -393,7 +385,7 @@ class EpochLog:
     def write(self, row: dict) -> None:
         new = not self.csv_path.exists()
         with open(self.csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
                 w.writeheader()
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -489,19 +481,21 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
         torch.backends.cudnn.benchmark = True
     layout = get_layout(args.layout)
     edition = get_edition(args.edition)
-    edition_au_columns(layout, edition)  # the layout must have every AU the edition scores
+    layout_au_columns(layout, edition)  # the layout must have every AU the edition scores
     criterion = MultiTaskLoss(layout, parse_task_weights(args.task_weights), args.au_reduction, args.tsav_filter)
     train_set, val_set, val_index = make_datasets(args, layout)
     sampler = make_sampler(args, train_set, info)
-    steps_per_epoch = len(sampler) // args.batch_size
-    if steps_per_epoch < 1:
+    batches = len(sampler) // args.batch_size
+    if batches < 1:
         raise ValueError(f"{len(sampler)} clips per epoch per process is less than one batch of {args.batch_size}; "
                          "raise --samples-per-epoch/--epoch-fraction or lower --batch-size")
+    steps_per_epoch = optimizer_steps_per_epoch(batches, args.accum_steps)
     resume = read_resume(args.resume, args, layout) if args.resume else None
     model = make_model(args, layout, log)
     log(f"{args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), layout {layout.name}, "
         f"edition {edition.name}, {info.world_size} process(es) on {info.device}; train {len(train_set.tracks)} "
-        f"tracks, {len(sampler) * info.world_size} clips/epoch ({steps_per_epoch} steps/process); "
+        f"tracks, {len(sampler) * info.world_size} clips/epoch ({batches} batches/process, {steps_per_epoch} "
+        f"optimiser steps); "
         f"validation {len(val_index)} frames of {len(val_set.tracks)} tracks")
 
     if resume is not None:
@@ -512,15 +506,16 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
     if info.distributed:
         model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     teacher = MeanTeacher(model, args.ema_decay) if args.ssl == "mean_teacher" else None
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                 weight_decay=args.weight_decay)
-    scheduler = make_scheduler(optimizer, args, steps_per_epoch)
+    optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
+    scheduler = build_scheduler(optimizer, schedule_from_args(args, steps_per_epoch))
+    if len(optimizer.param_groups) > 1:
+        log("parameter groups (lr): " + ", ".join(f"{k} {v:.3g}" for k, v in group_lrs(optimizer).items()))
     scaler = torch.amp.GradScaler(info.device.type, enabled=args.amp == "fp16")
     state = TrainState()
     if resume is not None:
         if teacher is not None:
             teacher.load_state_dict(resume["teacher"])
-        optimizer.load_state_dict(resume["optimizer"])
+        restore_optimizer(optimizer, resume["optimizer"], args.resume)
         scheduler.load_state_dict(resume["scheduler"])
         scaler.load_state_dict(resume["scaler"])
         sampler.load_state_dict(resume["sampler"])
@@ -540,7 +535,8 @@ def end_of_epoch(r: Run, epoch: int, seconds: float, train_logs: dict, scores: d
         state.best_score, state.best_epoch, state.bad_epochs = scores["total"], epoch, 0
     else:
         state.bad_epochs += 1
-    row = epoch_row(epoch, state, r.optimizer.param_groups[0]["lr"], seconds, train_logs, scores)
+    row = {**epoch_row(epoch, state, r.optimizer.param_groups[0]["lr"], seconds, train_logs, scores),
+           **lr_columns(r.optimizer)}
     state.history.append(plain(row))
     if r.info.is_main:
         parts = (r.model, r.teacher, r.optimizer, r.scheduler, r.scaler, r.sampler, state, scores)
@@ -561,7 +557,7 @@ def train(r: Run) -> dict:
     if info.is_main:
         run_dir.start_run_dir(out, args.overwrite, r.log)
         (out / "config.json").write_text(json.dumps(plain(vars(args)), indent=2) + "\n")
-        logger = EpochLog(out, args.tensorboard)
+        logger = EpochLog(out, args.tensorboard, tuple(lr_columns(r.optimizer)))
     dist.barrier()  # the other ranks wait until rank 0 has cleared and created the folder
     loader = DataLoader(r.train_set, batch_size=args.batch_size, sampler=r.sampler, num_workers=args.workers,
                         pin_memory=info.device.type == "cuda", drop_last=True,

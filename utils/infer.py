@@ -13,8 +13,9 @@ Frames without a face get a prediction too: their clip holds black frames where 
 the earlier frames of the clip where it was visible, and the audio — the model predicts from context
 and sound, exactly as the clip dataset trains it.
 
-Per-frame outputs (the contract with the writers): ``{"va": (n, 2) tanh, "expr_prob": (n, C) softmax
-over the layout's classes, "au_prob": (n, K) sigmoid in the layout's AU order, "logits": (n, L) raw}``.
+Per-frame outputs (the contract with the writers): ``{"va": (n, 2) in [-1, 1] (the layout's VA
+activation), "expr_prob": (n, C) softmax over the layout's classes, "au_prob": (n, K) sigmoid in the
+layout's AU order, "logits": (n, L) raw}``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from data.clips import (
     read_frames,
     resize_frames,
 )
-from models.tsav import OutputLayout, model_layout, split_outputs
+from models.tsav import model_layout, split_outputs, va_output
+from tasks import OutputLayout
 from utils.predict import autocast
 
 
@@ -127,7 +129,7 @@ def padded_mel(mel_db: np.ndarray | None, columns: int, last_centre: int, device
 
 def decode_raw(out: torch.Tensor | tuple, layout: OutputLayout) -> dict[str, torch.Tensor]:
     parts = {k: v.float() for k, v in split_outputs(out, layout).items()}
-    return {"va": torch.tanh(parts["va"]), "expr_prob": parts["expr"].softmax(dim=1),
+    return {"va": va_output(parts["va"], layout), "expr_prob": parts["expr"].softmax(dim=1),
             "au_prob": torch.sigmoid(parts["au"])}
 
 

@@ -14,40 +14,14 @@ Conventions, matching the organisers' evaluation scripts:
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from data.annotations import AU_NAMES_8, AU_NAMES_12, EXPR_NAMES_7, EXPR_NAMES_8, TrackLabels
-
-
-@dataclass(frozen=True)
-class Edition:
-    """What an edition scores: its class and AU sets and the (F1, accuracy) weights of each score."""
-
-    name: str
-    expr_names: tuple[str, ...]
-    au_names: tuple[str, ...]
-    expr_weights: tuple[float, float]
-    au_weights: tuple[float, float]
-
-
-EDITIONS = {
-    "abaw2020": Edition("abaw2020", EXPR_NAMES_7, AU_NAMES_8, (0.67, 0.33), (0.5, 0.5)),
-    "abaw2021": Edition("abaw2021", EXPR_NAMES_7, AU_NAMES_12, (0.67, 0.33), (0.5, 0.5)),
-    "abaw3": Edition("abaw3", EXPR_NAMES_8, AU_NAMES_12, (1.0, 0.0), (1.0, 0.0)),
-}
-
-
-def get_edition(edition: str | Edition) -> Edition:
-    if isinstance(edition, Edition):
-        return edition
-    if edition not in EDITIONS:
-        raise ValueError(f"unknown edition {edition!r}: use one of {', '.join(EDITIONS)}")
-    return EDITIONS[edition]
+from data.annotations import TrackLabels
+from tasks import Edition, au_columns, get_edition
+from utils.atomic import write_json as write_json_atomic
 
 
 def ccc(x: np.ndarray, y: np.ndarray) -> float:
@@ -148,11 +122,7 @@ def columns_by_name(labels: TrackLabels, names: tuple[str, ...]) -> tuple[np.nda
     """(values, valid) of an AU track with its columns reordered/selected to ``names``."""
     if labels.names == names:
         return labels.values, labels.valid
-    missing = [n for n in names if n not in labels.names]
-    if missing:
-        raise ValueError(f"{labels.source or labels.track}: has no column {', '.join(missing)} "
-                         f"(its AUs: {','.join(labels.names)})")
-    idx = [labels.names.index(n) for n in names]
+    idx = au_columns(labels.names, names, labels.source or labels.track)
     return labels.values[:, idx], labels.valid[:, idx]
 
 
@@ -233,9 +203,8 @@ def nan_to_none(obj: object) -> object:
 
 
 def write_json(scores: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(nan_to_none(scores), indent=2) + "\n")
+    """The scores as JSON (NaN → null), written to a temporary file and renamed into place."""
+    write_json_atomic(path, nan_to_none(scores))
 
 
 def format_scores(scores: dict) -> str:

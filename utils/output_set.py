@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from utils.atomic import write_json
 from utils.run_dir import pid_alive
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,8 @@ class OutputSet:
         unknown = [n for n in written if n not in self.family]
         if unknown:
             raise ValueError(f"not members of the output set: {unknown}")
-        tmp = self.staging / f"{MANIFEST}.tmp"
-        tmp.write_text(json.dumps({"written": written, "family": self.family}))
-        os.replace(tmp, self.staging / MANIFEST)  # from here on, a kill is completed by the next run
+        # from here on, a kill is completed by the next run
+        write_json(self.staging / MANIFEST, {"written": written, "family": self.family}, indent=None)
         move_members(self.staging, self.out, written, self.family)
         shutil.rmtree(self.staging)
         self.staging = None

@@ -5,7 +5,8 @@
 
 Each frame is predicted from its own causal clip and centred audio window, exactly as in training
 (``data.clips``). Outputs are decoded once, the same way in validation and here: EXPR = argmax over the
-edition's classes, AU = sigmoid > 0.5, VA = tanh (the losses train tanh outputs).
+edition's classes, AU = sigmoid > 0.5, VA = the layout's VA activation (tanh for every layout today;
+the losses train the same values).
 
 Frames without a face (SPEC §5 lets us choose, and we say which): with ``faceless="interpolate"`` (the
 default) their VA is interpolated linearly between the nearest frames with a face and their EXPR/AU are
@@ -29,20 +30,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from data.clips import ClipConfig, ClipDataset, open_store, prepare_batch
+from data.tracks import split_tracks
 from models.tsav import (
-    OutputLayout,
     TwoStreamAuralVisualSelfCure,
-    get_layout,
     load_published,
     model_layout,
     read_checkpoint,
     split_outputs,
+    va_output,
 )
+from tasks import EDITIONS, TASKS, VAL_SPLIT, Edition, OutputLayout, get_edition, get_layout, layout_au_columns
 from utils.dist import pick_device
-from utils.metrics import Edition, get_edition
 from utils.submission import write_per_video
-
-TASK_KEYS = {"VA": "va", "EXPR": "expr", "AU": "au"}  # submission task → layout block
 
 
 def autocast(device: torch.device, amp: str):
@@ -52,20 +51,12 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def edition_au_columns(layout: OutputLayout, edition: Edition) -> list[int]:
-    """Columns of the layout's AU block that the edition scores, in the edition's order."""
-    missing = [a for a in edition.au_names if a not in layout.au_names]
-    if missing:
-        raise ValueError(f"layout {layout.name!r} has no output for {','.join(missing)} of {edition.name}")
-    return [layout.au_names.index(a) for a in edition.au_names]
-
-
 def decode_outputs(out: torch.Tensor | tuple, layout: OutputLayout, edition: Edition) -> dict[str, np.ndarray]:
     """Model outputs → {'VA': (B, 2) in [-1, 1], 'EXPR': (B,) class codes, 'AU': (B, k) 0/1} for an edition."""
     parts = {k: v.float() for k, v in split_outputs(out, layout).items()}
     n_classes = min(layout.num_expr_classes, len(edition.expr_names))
-    au = parts["au"][:, edition_au_columns(layout, edition)]
-    return {"VA": torch.tanh(parts["va"]).cpu().numpy(),
+    au = parts["au"][:, layout_au_columns(layout, edition)]
+    return {"VA": va_output(parts["va"], layout).cpu().numpy(),
             "EXPR": parts["expr"][:, :n_classes].argmax(dim=1).cpu().numpy(),
             "AU": (au > 0).long().cpu().numpy()}  # sigmoid(x) > 0.5 ⇔ x > 0
 
@@ -82,7 +73,7 @@ def predict_indices(model: nn.Module, dataset: ClipDataset, indices: np.ndarray 
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, sampler=list(map(int, indices)), num_workers=workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
-    chunks: dict[str, list[np.ndarray]] = {k: [] for k in TASK_KEYS}
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in TASKS}
     for batch in progress_bar(loader, progress, "predict"):
         batch = prepare_batch({k: batch[k] for k in ("clip", "audio_db")}, device, channels_last)
         with autocast(device, amp):
@@ -134,25 +125,10 @@ def predict_track(model: nn.Module, db: str | Path, track: str, clip: ClipConfig
     return fill_faceless(preds, dataset.tracks[0].face) if faceless == "interpolate" else preds
 
 
-def split_tracks(db: str | Path, split: str) -> dict[str, list[str]]:
-    """{task: tracks annotated for it in ``split``} from the database's track metadata."""
-    store = open_store(db)
-    out: dict[str, list[str]] = {task: [] for task in TASK_KEYS}
-    for video in store.video_names():
-        meta = store.video_meta(video)
-        if meta.get("status") != "ok":
-            continue
-        for track in meta.get("tracks", []):
-            for task, info in (store.track_meta(track) or {}).get("labels", {}).items():
-                if info.get("split") == split and task in out:
-                    out[task].append(track)
-    return {task: sorted(tracks) for task, tracks in out.items() if tracks}
-
-
 def predict_split(model: nn.Module, db: str | Path, split: str, clip: ClipConfig, edition: str | Edition,
                   **kw) -> dict[str, dict[str, np.ndarray]]:
     """{task: {track: per-frame array}} for every track annotated in ``split``, only for its tasks there."""
-    wanted = split_tracks(db, split)
+    wanted = split_tracks(open_store(db), split)
     if not wanted:
         raise ValueError(f"{db}: no track is annotated in {split}")
     preds: dict[str, dict[str, np.ndarray]] = {task: {} for task in wanted}
@@ -180,8 +156,8 @@ def main(argv: list[str] | None = None) -> None:
                                 "write per-video submission files.")
     p.add_argument("--checkpoint", required=True, help="best.pth/last.pth of train.py, or a published checkpoint")
     p.add_argument("--db", default="demo_out/db", help="LMDB database built by create_database.py")
-    p.add_argument("--split", default="Validation_Set", help="annotated split whose tracks to predict")
-    p.add_argument("--edition", default="abaw2021", choices=("abaw2020", "abaw2021", "abaw3"),
+    p.add_argument("--split", default=VAL_SPLIT, help="annotated split whose tracks to predict")
+    p.add_argument("--edition", default="abaw2021", choices=tuple(EDITIONS),
                    help="edition whose classes, AU set and file headers to write")
     p.add_argument("--out", default="demo_out/pred", help="submission folder to write")
     p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")

@@ -29,17 +29,12 @@ import numpy as np
 
 from data.annotations import (
     AU_INVALID,
-    AU_NAMES_12,
     EXPR_INVALID,
-    EXPR_NAMES_8,
     MTL_FILES,
     MTL_HEADER,
     TASK_DIRS,
-    TASKS,
     VA_INVALID,
-    VA_NAMES,
     TrackLabels,
-    canonical_split,
     find_mtl_file,
     fit_length,
     labels_from_array,
@@ -47,9 +42,12 @@ from data.annotations import (
     read_annotations,
     read_mtl_file,
     read_video_list,
+    task_of_list,
 )
+from tasks import AU_NAMES_12, EXPR_NAMES_8, TASKS, VA_NAMES, VAL_SPLIT, Edition, canonical_split, get_edition
+from utils.atomic import atomic_path
 from utils.coverage import describe_partial, partial_tracks, unpredicted
-from utils.metrics import Edition, get_edition, score
+from utils.metrics import score
 from utils.paths import safe_component, safe_image_name
 
 log = logging.getLogger(__name__)
@@ -375,18 +373,9 @@ def write_lines(path: Path, lines: Iterable[str]) -> None:
 
 def write_atomic(path: str | Path, lines: Iterable[str]) -> Path:
     """Write to a hidden temporary file next to ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        write_lines(Path(tmp), lines)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        write_lines(tmp, lines)
+    return Path(path)
 
 
 def swap_in(new: Path, dest: Path) -> None:
@@ -596,7 +585,7 @@ def preview(names: list[str], n: int = 20) -> str:
 
 
 def score_submission(pred_path: str | Path, annotations: str | Path, edition: str | Edition,
-                     split: str = "Validation_Set", allow_partial: bool = False) -> dict:
+                     split: str = VAL_SPLIT, allow_partial: bool = False) -> dict:
     """Score a submission against the annotations of ``split`` (see utils.metrics.score for the result).
 
     Per-video files: each annotation track is fitted to the prediction's length (one line per frame).
@@ -690,16 +679,6 @@ def listed_images(path: str | Path) -> dict[str, list[int]]:
     return out
 
 
-def task_of_list(path: str | Path) -> str | None:
-    """The task a test-set list is for, from words in its file name; None = every task (e.g. MTL)."""
-    words = set(re.split(r"[^a-z]+", Path(path).stem.lower()))
-    for task, keys in (("VA", {"va", "valence", "arousal"}), ("EXPR", {"expr", "expression"}),
-                       ("AU", {"au", "action"})):
-        if words & keys and "mtl" not in words:
-            return task
-    return None
-
-
 def read_test_list(path: str | Path) -> dict[str, list[int] | None]:
     """{track: listed frames} for a list of images, {track: None} for a list of video/track names."""
     names = read_video_list(path)
@@ -708,7 +687,7 @@ def read_test_list(path: str | Path) -> dict[str, list[int] | None]:
     return {n: None for n in names}
 
 
-def expected_for_check(sub_path: str | Path, annotations: str | Path | None, split: str = "Validation_Set",
+def expected_for_check(sub_path: str | Path, annotations: str | Path | None, split: str = VAL_SPLIT,
                        videos: list[str] | None = None, test_lists: list[str] | None = None) -> dict:
     """{task: {track: frame count or frame numbers}} a submission must cover.
 

@@ -26,22 +26,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.annotations import TASKS
+from data.annotations import read_test_lists
 from data.clips import ClipConfig, open_store
-from models.tsav import OutputLayout, get_layout, model_layout
+from data.tracks import split_tracks, stored_tracks, unlabelled_tracks
+from models.tsav import model_layout
+from tasks import TASKS, VAL_SPLIT, Edition, MissingAUError, OutputLayout, get_edition, get_layout, layout_au_columns
 from utils import infer, video_report, video_stream
-from utils.metrics import Edition, format_scores, get_edition, write_json
+from utils.dist import pick_device
+from utils.metrics import format_scores, write_json
 from utils.output_set import OutputSet
 from utils.paths import safe_component
-from utils.predict import edition_au_columns, load_model, split_tracks
-from utils.submission import (
-    check_submission,
-    read_test_list,
-    score_submission,
-    task_of_list,
-    write_per_video,
-    write_single_file,
-)
+from utils.predict import load_model
+from utils.submission import check_submission, score_submission, write_per_video, write_single_file
+from utils.tables import print_table
 
 SPLIT_FAMILY = ["submission", "raw", "scores.json"]  # what a split run writes into --out
 
@@ -50,20 +47,13 @@ class PredictError(ValueError):
     """Unusable input for prediction (one line, naming what is wrong)."""
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def serve_columns(layout: OutputLayout, edition: Edition) -> tuple[int, list[int]]:
     """(EXPR classes to argmax over, AU columns of the layout in the edition's order); error if impossible."""
     try:
-        au_cols = edition_au_columns(layout, edition)
-    except ValueError:
-        missing = [a for a in edition.au_names if a not in layout.au_names]
+        au_cols = layout_au_columns(layout, edition)
+    except MissingAUError as e:
         raise PredictError(f"a checkpoint with layout {layout.name!r} cannot serve {edition.name}: it has no "
-                           f"output for {','.join(missing)}") from None
+                           f"output for {','.join(e.missing)}") from None
     return min(layout.num_expr_classes, len(edition.expr_names)), au_cols
 
 
@@ -82,25 +72,24 @@ def to_edition(preds: dict[str, np.ndarray], layout: OutputLayout, edition: Edit
 def test_tracks(db_path: str, test_lists: list[str]) -> dict[str, list[str]]:
     """{task: tracks} for the test split: from the lists (task from the file name), else every unlabelled track."""
     db = open_store(db_path)
-    metas = (db.video_meta(v) for v in db.video_names())
-    in_db = {t for meta in metas if meta.get("status") == "ok" for t in meta.get("tracks", [])}
     if not test_lists:
-        unlabelled = sorted(t for t in in_db if not (db.track_meta(t) or {}).get("labels"))
+        unlabelled = unlabelled_tracks(db)
         return {task: unlabelled for task in TASKS} if unlabelled else {}
+    in_db = {t.name for t in stored_tracks(db)}
     out: dict[str, set[str]] = {}
     for f in test_lists:
-        tracks = sorted(read_test_list(f))
-        missing = [t for t in tracks if t not in in_db]
+        listed = read_test_lists([f])
+        missing = sorted(t for t in listed if t not in in_db)
         if missing:
             raise PredictError(f"{f}: tracks not in {db_path}: {', '.join(missing[:10])}")
-        list_task = task_of_list(f)
-        for task in [list_task] if list_task else TASKS:
-            out.setdefault(task, set()).update(tracks)
-    return {task: sorted(v) for task, v in out.items()}
+        for track, tasks in listed.items():
+            for task in tasks:
+                out.setdefault(task, set()).add(track)
+    return {task: sorted(out[task]) for task in TASKS if task in out}
 
 
 def tracks_of_split(db_path: str, split: str, test_lists: list[str]) -> dict[str, list[str]]:
-    wanted = split_tracks(db_path, "Validation_Set") if split == "val" else test_tracks(db_path, test_lists)
+    wanted = split_tracks(open_store(db_path), VAL_SPLIT) if split == "val" else test_tracks(db_path, test_lists)
     if not wanted:
         raise PredictError(f"{db_path}: no track in the {split} split")
     return wanted
@@ -134,12 +123,6 @@ def write_submission(folder: Path, preds: dict[str, dict[str, np.ndarray]], edit
     return folder
 
 
-def print_rows(rows: list[list], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for r in [header, ["-" * w for w in widths]] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)))
-
-
 def run_split(args: argparse.Namespace) -> dict:
     """The split mode; returns {'out', 'frames', 'seconds', 'problems', 'scores'}."""
     device = pick_device(args.device)
@@ -169,11 +152,11 @@ def run_split(args: argparse.Namespace) -> dict:
         written = ["submission"] + ([] if args.no_raw else ["raw"])
         scores = None
         if args.split == "val":  # scored before anything is swapped in: a failure leaves the old output
-            scores = score_submission(staging / "submission", args.annotations, edition, "Validation_Set")
+            scores = score_submission(staging / "submission", args.annotations, edition, VAL_SPLIT)
             write_json(scores, staging / "scores.json")
             written.append("scores.json")
         outputs.publish(written)
-    print_rows(rows, ["track", "frames", "faces", "seconds", "frames/s"])
+    print_table(["track", "frames", "faces", "seconds", "frames/s"], rows)
     print(f"\n{len(tracks)} tracks, {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s) → "
           f"{out / 'submission'}; checker: {len(problems)} problem(s)")
     for p in problems:
@@ -296,8 +279,8 @@ def run_video(args: argparse.Namespace) -> dict:
         outputs.publish(written)
     t2 = time.perf_counter()
     n = len(pred)
-    print_rows([["decode, track, predict", f"{t1 - t0:.1f}", f"{n / (t1 - t0):.1f}"],
-                ["outputs", f"{t2 - t1:.1f}", "-"]], ["stage", "seconds", "frames/s"])
+    print_table(["stage", "seconds", "frames/s"], [["decode, track, predict", f"{t1 - t0:.1f}", f"{n / (t1 - t0):.1f}"],
+                                                    ["outputs", f"{t2 - t1:.1f}", "-"]])
     print(f"{path}: {n} frames, face in {int(pred.face.sum())}, audio: {'yes' if pred.has_audio else 'no'}")
     for f in written:
         print(f"  {out / f}")

@@ -8,7 +8,6 @@ probabilities}`` plus the class and AU names and the AU decision threshold.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
+from utils.atomic import atomic_path
 
 CSV_LEAD = ("frame", "timestamp", "face_id", "success", "confidence", "audio")
 
@@ -59,16 +60,14 @@ def write_frame_csv(path: str | Path, times: np.ndarray, has_face: np.ndarray, c
         if len(arr) != n:
             raise ValueError(f"{key} has {len(arr)} rows for {n} frames")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
     width = len(csv_header(expr_names, au_names)) - len(CSV_LEAD)
     cells = prediction_cells(preds, n, width, expr_names, au_threshold)
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(csv_header(expr_names, au_names))
         for i, row in enumerate(cells):
             w.writerow([i, f"{times[i]:.3f}", face_id, int(has_face[i]), f"{confidence[i]:.3f}", int(has_audio)]
                        + row)
-    os.replace(tmp, path)
     return path
 
 
@@ -111,10 +110,11 @@ def plot_timeline(path: str | Path, times: np.ndarray, has_face: np.ndarray, pre
         ax_va.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -165,10 +165,11 @@ def write_overlay(src: str | Path, out: str | Path, boxes: np.ndarray, preds: di
     from data.video import presentation_frames  # here: the report's other writers need no decoder
 
     out = Path(out)
-    tmp = out.with_name(f".{out.stem}.partial.mp4")
     expr = preds["expr_prob"].argmax(1)
     au_on = preds["au_prob"] >= au_threshold
-    with av.open(str(src)) as inp, av.open(str(src)) as sound, open_overlay(tmp, inp) as dst:
+    # closed in reverse: the MP4 is finished before atomic_path renames it into place
+    with (atomic_path(out) as tmp, av.open(str(src)) as inp, av.open(str(src)) as sound,
+          open_overlay(tmp, inp) as dst):
         vin = inp.streams.video[0]
         rate = Fraction(vin.average_rate or 30).limit_denominator(1001)
         vout = dst.add_stream("libx264", rate=rate)
@@ -190,7 +191,6 @@ def write_overlay(src: str | Path, out: str | Path, boxes: np.ndarray, preds: di
             dst.mux(vout.encode(new))
         dst.mux(vout.encode())
         audio.copy_until(None)
-    os.replace(tmp, out)
     return out
 
 
