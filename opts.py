@@ -172,25 +172,10 @@ _factor_spread = _number(float, 0.0, 1.0, high_open=True)  # factors in [1-x, 1+
 _probability = _number(float, 0.0, 1.0)
 
 
-def task_weights(text: str) -> dict[str, float]:
-    """'expr=3,au=1,va=1' → {'expr': 3.0, 'au': 1.0, 'va': 1.0}; ValueError unless known tasks and weights >= 0."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = (s.strip() for s in part.partition("="))
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = -1.0
-        if name not in ("expr", "au", "va") or not 0 <= weight < float("inf"):
-            raise ValueError(f"--task-weights: expected expr=W,au=W,va=W with weights >= 0, got {text!r}")
-        out[name] = weight
-    return out
-
-
 def _task_weights(text: str) -> str:
     """argparse type of --task-weights: checked here, kept as text (utils.engine parses it again)."""
     try:
-        task_weights(text)
+        tasks.parse_task_weights(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--task-weights: ")) from None
     return text

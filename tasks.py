@@ -229,3 +229,18 @@ def canonical_split(name: str) -> str:
         if key in spellings:
             return split
     raise ValueError(f"unknown split {name!r}: use {' or '.join(SPLITS)} (or train, val)")
+
+
+def parse_task_weights(text: str) -> dict[str, float]:
+    """'expr=3,au=1,va=1' → {'expr': 3.0, 'au': 1.0, 'va': 1.0}; ValueError unless known tasks and weights >= 0."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = (s.strip() for s in part.partition("="))
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if name not in BLOCKS or not 0 <= weight < float("inf"):
+            raise ValueError(f"--task-weights: expected expr=W,au=W,va=W with weights >= 0, got {text!r}")
+        out[name] = weight
+    return out

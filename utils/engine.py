@@ -49,8 +49,7 @@ from models.tsav import (
     to_channels_last,
     unwrap_model,
 )
-from opts import task_weights
-from tasks import Edition, OutputLayout, get_edition, get_layout, layout_au_columns
+from tasks import Edition, OutputLayout, get_edition, get_layout, layout_au_columns, parse_task_weights
 from utils import dist, run_dir
 from utils.atomic import atomic_path
 from utils.metrics import au_scores, expr_scores, total_score, va_scores
@@ -87,11 +86,6 @@ class TrainState:
 
 # ---------------------------------------------------------------------------------------------------
 # Set-up
-
-
-def parse_task_weights(text: str) -> dict[str, float]:
-    """'expr=3,au=1,va=1' → {'expr': 3.0, 'au': 1.0, 'va': 1.0} (opts.task_weights: checked there too)."""
-    return task_weights(text)
 
 
 def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
