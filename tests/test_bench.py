@@ -1,4 +1,4 @@
-"""utils/bench.py on tiny inputs: every sub-command runs and writes the JSON shape; no timing is asserted."""
+"""tools/bench on tiny inputs: every sub-command runs and writes the JSON shape; no timing is asserted."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from data import audio
-from data.clips import ClipConfig
-from utils import bench
+from tools import bench
+from utils.inputs import InputSpec
 
 # One short video, tiny clips: enough to exercise every code path quickly.
 TINY = ["--video-names", "1-30-480x270", "--limit-frames", "24", "--repeats", "2", "--warmup", "0",
@@ -89,7 +89,7 @@ def test_tsav_logmel_is_the_reference_computation(tmp_path):
     bench.write_wav(tmp_path / "t.wav", x)
     (tmp_path / "t_video_ts.txt").write_text("6000.0\n")
     (tmp_path / "index.json").write_text(json.dumps({"t": {"video": "t", "frames": 1}}))
-    ds = bench.TsavStyleClips(tmp_path, [("t", 0)], ClipConfig())
+    ds = bench.TsavStyleClips(tmp_path, [("t", 0)], InputSpec())
     with wave.open(str(tmp_path / "t.wav")) as w:
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2") / 32768.0
     ref = audio.reference_logmel_clip(pcm.astype(np.float32), audio.SR, 6.0)

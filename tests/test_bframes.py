@@ -1,7 +1,7 @@
 """Videos with B-frames (issue 10, item 7) on the quick mini Aff-Wild2's three B-frame videos: H.264 in
 AVI (decoded frames get decode-order timestamps), MPEG-4 part 2 in AVI and H.264 in MP4. data/video.py
 must give each frame its presentation time and the generator's picture, the audio must start with the
-first shown frame, and the overlay video (utils/video_report.write_overlay) must mux, as it must for
+first shown frame, and the overlay video (app/video_report.write_overlay) must mux, as it must for
 the variable-frame-rate video."""
 
 import json
@@ -11,10 +11,10 @@ import av
 import numpy as np
 import pytest
 
-from data import synthetic as S
-from data.synthetic_codecs import first_video_time
+from app.video_report import overlay_pts, write_overlay
 from data.video import iter_frames, read_audio, read_frame_times
-from utils.video_report import overlay_pts, write_overlay
+from tools import synthetic as S
+from tools.synthetic.video_codecs import first_video_time
 
 B_FRAME_VIDEOS = ("video9", "video12", "3-30-640x360")  # H.264 in AVI, MPEG-4 in AVI, H.264 in MP4
 VFR = "6-30-480x272"  # 33/40 ms frames: at the encoder's former 1/fps clock two frames shared a pts
@@ -89,7 +89,8 @@ def test_overlay_keeps_frames_times_and_audio(mini_quick, videos, name, tmp_path
     preds = {"va": rng.uniform(-1, 1, (n, 2)), "expr_prob": rng.dirichlet(np.ones(len(EXPR)), n),
              "au_prob": rng.random((n, len(AUS)))}
     boxes = np.tile([20.0, 20.0, 120.0, 140.0], (n, 1))
-    out = write_overlay(src, tmp_path / f"{name}_overlay.mp4", boxes, preds, EXPR, AUS)
+    decisions = {"EXPR": preds["expr_prob"].argmax(1), "AU": (preds["au_prob"] >= 0.5).astype(int)}
+    out = write_overlay(src, tmp_path / f"{name}_overlay.mp4", boxes, preds, decisions, EXPR, AUS)
     with av.open(str(out)) as c:
         assert c.streams.audio, "overlay keeps the audio"
         stream = c.streams.video[0]

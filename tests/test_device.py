@@ -65,12 +65,12 @@ def test_a_gpu_the_machine_lacks(monkeypatch):
 
 def test_the_scripts_report_an_unusable_device_in_one_line(monkeypatch, tmp_path, capsys):
     import test_val_aff2
-    from utils import bench
+    from tools import bench
 
     no_cuda(monkeypatch)
     out = tmp_path / "out"
     assert test_val_aff2.main(["--checkpoint", str(tmp_path / "x.pth"), "--device", "cuda", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == "test_val_aff2.py: error: --device cuda but no CUDA device is available\n" and not out.exists()
-    with pytest.raises(SystemExit, match="^utils.bench: --device cuda but no CUDA device is available$"):
+    with pytest.raises(SystemExit, match="^tools.bench: --device cuda but no CUDA device is available$"):
         bench.bench_device("cuda")

@@ -14,7 +14,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import tasks as T
 from data import annotations as A
-from data import synthetic as S
+from tools import synthetic as S
 
 LUMA = np.array([0.299, 0.587, 0.114])
 EDITION_DIRS = {

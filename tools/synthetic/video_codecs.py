@@ -1,4 +1,4 @@
-"""How the mini Aff-Wild2 (data/synthetic.py) encodes its video streams, and where their first frame lands.
+"""How the mini Aff-Wild2 (tools.synthetic) encodes its video streams, and where their first frame lands.
 
 Two codecs, both single-threaded so that a seed always gives the same bytes: H.264 (libx264, preset
 ultrafast, CRF 20) and MPEG-4 part 2 (ffmpeg's ``mpeg4``, 2 Mbit/s). ``b_frames`` > 0 lets the encoder

@@ -1,6 +1,6 @@
 """A trivial reference prediction: the training-set prior for every frame of every validation track.
 
-    python -m utils.baseline --annotations DIR --videos DIR --edition abaw2021 --out PRED
+    python -m tools.baseline --annotations DIR --videos DIR --edition abaw2021 --out PRED
 
 VA = the training mean, EXPR = the most frequent training class, AU = each AU's majority value.
 It is what any model must beat (its VA CCC is 0 by construction) and shows the submission path
@@ -13,10 +13,10 @@ import argparse
 
 import numpy as np
 
+from app.submission import per_video_names, video_frame_counts, write_per_video
 from data.annotations import TrackLabels, read_annotations
 from tasks import EDITIONS, TASKS, TRAIN_SPLIT, VAL_SPLIT, get_edition
 from utils.metrics import columns_by_name
-from utils.submission import per_video_names, video_frame_counts, write_per_video
 
 
 def training_prior(train: dict[str, dict[str, TrackLabels]], edition: str) -> dict[str, np.ndarray]:

@@ -1,0 +1,1 @@
+"""Tools apart from the pipeline: the benchmark, the trivial baseline and the synthetic data generator."""
