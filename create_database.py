@@ -22,7 +22,7 @@ from pathlib import Path
 import lmdb
 
 import opts
-from data import build, masks, store
+from data import build, build_plan, masks, store, store_report
 from data.annotations import AnnotationError
 from data.db_lock import DatabaseBusyError
 from data.verify import OK, verify_videos
@@ -37,7 +37,7 @@ def run_report(db_path: str, json_path: str | None, verify: bool = False) -> int
     with store.Store(db_path) as db:
         if db.schema() is None:
             raise UsageError(f"{db_path}: not a database built by create_database.py (no schema record)")
-        rep = store.report(db)
+        rep = store_report.report(db)
         checked = verify_videos(db, db.video_names()) if verify else {}
     header = ["track", "frames", "faces", "audio", "valid labels", "status", "sha256"]
     rows = [[t, v["frames"], v["faces"], "yes" if v["audio"] else "no",
@@ -66,7 +66,7 @@ def run_report(db_path: str, json_path: str | None, verify: bool = False) -> int
 
 def summary_rows(metas: list[dict], seconds: float) -> list[list]:
     """The end-of-build table: videos ok/failed, frames, face rate over all tracks, speed, size."""
-    t = store.totals(metas)
+    t = store_report.totals(metas)
     rows = [["videos ok / failed", f"{t['videos_ok']} / {t['videos_failed']}"],
             ["tracks", t["tracks"]],
             ["frames (decoded)", t["frames"]],
@@ -115,12 +115,12 @@ def run(args) -> int:
             raise UsageError(f"{folder}: video folder not found (--videos)")
     if args.annotations and not Path(args.annotations).is_dir():
         raise UsageError(f"{args.annotations}: annotation folder not found (--annotations; '' for none)")
-    jobs = build.collect_jobs(args.videos, args.annotations or None, args.test_lists, args.cropped_aligned,
-                              args.tsav_alignment)
-    jobs = build.select_shard(jobs, args.shard or (0, 1))[: args.limit]
-    options = build.BuildOptions(masks=kinds, detector=args.detector, detect_every=args.detect_every,
-                                 limit_frames=args.limit_frames, crop_format=args.crop_format,
-                                 crop_quality=args.crop_quality, chunk_bytes=int(args.chunk_mb * 2**20))
+    jobs = build_plan.collect_jobs(args.videos, args.annotations or None, args.test_lists, args.cropped_aligned,
+                                   args.tsav_alignment)
+    jobs = build_plan.select_shard(jobs, args.shard or (0, 1))[: args.limit]
+    options = build_plan.BuildOptions(masks=kinds, detector=args.detector, detect_every=args.detect_every,
+                                      limit_frames=args.limit_frames, crop_format=args.crop_format,
+                                      crop_quality=args.crop_quality, chunk_bytes=int(args.chunk_mb * 2**20))
     t0 = time.perf_counter()
     metas = build.build(jobs, args.out, options, workers=args.workers, verify=args.verify)
     if not metas:

@@ -13,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
+from app.submission import check_submission, expected_for_check, score_submission
 from opts import evaluate_parser
 from utils.metrics import format_scores, write_json
-from utils.submission import check_submission, expected_for_check, score_submission
 
 
 def run_check(args) -> int:

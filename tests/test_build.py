@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import create_database
-from data import align, build, chunks, masks, store, workers
+from data import align, build, build_plan, chunks, masks, store, store_report, workers
 from data.annotations import fit_length, read_label_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,8 +208,10 @@ def test_masks_are_lossless_pngs_with_exact_levels(stored_masks):
 
 
 def test_masks_not_stored_are_drawn_when_read_with_the_same_pixels(stored_masks, ref):
-    from data.clips import ClipConfig, ClipDataset, close_stores
-    from utils import infer
+    from app import inference
+    from data.clips import ClipDataset
+    from data.reader import close_stores
+    from utils.inputs import InputSpec
 
     track = f"{TWO}_left"
     with store.Store(stored_masks) as d, store.Store(ref) as r:
@@ -222,15 +224,18 @@ def test_masks_not_stored_are_drawn_when_read_with_the_same_pixels(stored_masks,
         assert bytes(part(d, track, faces[0], "rgb"))[8:12] == b"WEBP"
         assert np.mean([cv2.PSNR(jpeg(part(d, track, i, "rgb")), jpeg(part(r, track, i, "rgb"))) for i in faces]) > 35
     for kind in ("tsav", "mtmt"):
-        cfg = ClipConfig(clip_len=4, dilation=6, mask=kind)
+        cfg = InputSpec(clip_len=4, dilation=6, mask=kind)
         drawn = ClipDataset(ref, None, "abaw2021", cfg, tracks=[track], labels=False)
         stored = ClipDataset(stored_masks, None, "abaw2021", cfg, tracks=[track], labels=False)
         assert drawn.draw_mask and not stored.draw_mask
         for i in (0, 18, 39):
             a, b = drawn.raw_frames(0, i), stored.raw_frames(0, i)
             assert b[..., 3].any() and np.array_equal(a[..., 3], b[..., 3])
-        chunk = infer.ChunkFrames(infer.db_track_source(str(ref), track), cfg, 16)[1].numpy()
-        stored_chunk = infer.ChunkFrames(infer.db_track_source(str(stored_masks), track), cfg, 16)[1].numpy()
+        chunks = {}
+        for name, path in (("drawn", ref), ("stored", stored_masks)):
+            source = inference.db_track_source(str(path), track)
+            chunks[name] = inference.ChunkFrames([source], cfg, inference.plan_chunks([source], [None], 16))[1].numpy()
+        chunk, stored_chunk = chunks["drawn"], chunks["stored"]
         assert stored_chunk[..., 3].any() and np.array_equal(chunk[..., 3], stored_chunk[..., 3])
     close_stores()
 
@@ -343,8 +348,8 @@ def test_resume_after_sigkill_gives_the_same_database(mini_quick, ann, ref, tmp_
     assert cli(*args) == 0
     want = shas(ref)
     assert shas(out) == {v: want[v] for v in names}
-    jobs = build.collect_jobs([str(videos)], str(ann), [str(p) for p in (mini_quick / "test_sets").glob("*.txt")])
-    assert build.build(jobs, out, build.BuildOptions(), workers=1) == []  # complete: everything skipped
+    jobs = build_plan.collect_jobs([str(videos)], str(ann), [str(p) for p in (mini_quick / "test_sets").glob("*.txt")])
+    assert build.build(jobs, out, build_plan.BuildOptions(), workers=1) == []  # complete: everything skipped
 
 
 @pytest.mark.slow
@@ -387,14 +392,14 @@ def test_bad_videos_fail_alone_and_are_retried(mini_quick, ann, ref, tmp_path, c
             status = d.video_meta(bad)["status"]
             assert status.startswith("failed: VideoError") and bad in status
         assert d.keys(b"f/garbage/") == [] and d.keys(b"t/garbage") == []
-        rep = store.report(d)
+        rep = store_report.report(d)
     assert rep["videos"]["garbage"]["status"].startswith("failed") and rep["totals"]["videos_failed"] == 2
     want = shas(ref)
     assert {v: shas(out)[v] for v in ("video12", "1-30-480x270")} == {v: want[v] for v in ("video12", "1-30-480x270")}
     # the user replaces one bad file: the rerun retries both failed videos and nothing else
     (videos / "garbage.mp4").write_bytes((mini_quick / "videos" / "batch2" / "video12.avi").read_bytes())
-    jobs = build.collect_jobs([str(videos)], str(ann), [str(p) for p in test_lists])
-    metas = build.build(jobs, out, build.BuildOptions(), workers=1)
+    jobs = build_plan.collect_jobs([str(videos)], str(ann), [str(p) for p in test_lists])
+    metas = build.build(jobs, out, build_plan.BuildOptions(), workers=1)
     assert sorted((m["name"], m["status"][:6]) for m in metas) == [("garbage", "ok"), ("truncated", "failed")]
     assert {v: shas(out)[v] for v in ("video12", "1-30-480x270")} == {v: want[v] for v in ("video12", "1-30-480x270")}
 
@@ -475,7 +480,7 @@ def test_limit_limit_frames_masks_and_rebuild_on_other_options(mini_quick, ann, 
 
 
 # --- driver details -------------------------------------------------------------------------------
-def _fake_process_video(job: build.VideoJob, opts: build.BuildOptions, **hooks) -> store.VideoRecord:
+def _fake_process_video(job: build_plan.VideoJob, opts: build_plan.BuildOptions, **hooks) -> store.VideoRecord:
     """Stands in for the pipeline in the crash test (module level: workers get it by reference)."""
     if job.name == "crash":
         os._exit(3)  # the worker dies without a word, as on a segfault or the OOM killer
@@ -487,8 +492,8 @@ def _fake_process_video(job: build.VideoJob, opts: build.BuildOptions, **hooks) 
 def test_a_dying_worker_fails_only_its_video(tmp_path, monkeypatch):
     monkeypatch.setattr(workers, "START_METHOD", "fork")  # so the workers see the stand-in (no cv2/torch in it)
     monkeypatch.setattr(build, "process_video", _fake_process_video)
-    jobs = [build.VideoJob(f"/nowhere/{n}.mp4", n, [n], source="tsav") for n in ("a", "b", "crash", "d", "e")]
-    metas = build.build(jobs, tmp_path / "db", build.BuildOptions(), workers=2)
+    jobs = [build_plan.VideoJob(f"/nowhere/{n}.mp4", n, [n], source="tsav") for n in ("a", "b", "crash", "d", "e")]
+    metas = build.build(jobs, tmp_path / "db", build_plan.BuildOptions(), workers=2)
     status = {m["name"]: m["status"] for m in metas}
     assert sorted(status) == ["a", "b", "crash", "d", "e"]
     assert status.pop("crash").startswith("failed: worker process died")
@@ -541,13 +546,13 @@ def test_chunked_builds_store_the_same_bytes_and_show_frame_progress(mini_quick,
     video, no marker left, and the bar shows the frames of the video in flight."""
     monkeypatch.setattr(chunks, "PROGRESS_SECONDS", 0.0)
     names = [TWO, "video2"]
-    jobs = build.collect_jobs([str(subset(mini_quick, names, tmp_path / "videos"))], str(ann))
-    assert build.build(jobs, tmp_path / "whole", build.BuildOptions(limit_frames=48, chunk_bytes=1 << 30)) != []
+    jobs = build_plan.collect_jobs([str(subset(mini_quick, names, tmp_path / "videos"))], str(ann))
+    assert build.build(jobs, tmp_path / "whole", build_plan.BuildOptions(limit_frames=48, chunk_bytes=1 << 30)) != []
     want = shas(tmp_path / "whole")
     capsys.readouterr()
     for n in (1, 2):
         out = tmp_path / f"db{n}"
-        metas = build.build(jobs, out, build.BuildOptions(limit_frames=48, chunk_bytes=20_000), workers=n)
+        metas = build.build(jobs, out, build_plan.BuildOptions(limit_frames=48, chunk_bytes=20_000), workers=n)
         assert all(m["stats"]["chunks"] >= 5 for m in metas), [m["stats"] for m in metas]
         assert shas(out) == want
         with store.Store(out) as d:
@@ -558,9 +563,9 @@ def test_chunked_builds_store_the_same_bytes_and_show_frame_progress(mini_quick,
 
 def test_a_chunk_never_holds_much_more_than_chunk_bytes(mini_quick, ann):
     """What the pipeline holds before handing it on stays within chunk_bytes plus one frame group per track."""
-    job = next(j for j in build.collect_jobs([str(mini_quick / "videos")], str(ann)) if j.name == TWO)
+    job = next(j for j in build_plan.collect_jobs([str(mini_quick / "videos")], str(ann)) if j.name == TWO)
     sent: list[int] = []
-    rec = build.process_video(job, build.BuildOptions(chunk_bytes=30_000),
+    rec = build.process_video(job, build_plan.BuildOptions(chunk_bytes=30_000),
                               send=lambda items: sent.append(sum(len(k) + len(v) for k, v in items)))
     group = max(len(v) for k, v in rec.items if k.startswith(b"f/"))
     assert len(sent) == rec.chunks == rec.meta["stats"]["chunks"] >= 5
@@ -660,7 +665,7 @@ def test_verify_finds_flipped_bytes_and_a_verified_rebuild_repairs_them(mini_qui
     assert "DAMAGED: video5" in text
     assert json.loads((tmp_path / "r.json").read_text())["videos"]["video5"]["verified"] == "MISMATCH"
     assert cli(*args) == 0 and "nothing to do" in capsys.readouterr().out  # complete: skipped
-    metas = build.build(build.collect_jobs([str(videos)], str(ann)), out, build.BuildOptions(limit_frames=24),
+    metas = build.build(build_plan.collect_jobs([str(videos)], str(ann)), out, build_plan.BuildOptions(limit_frames=24),
                         verify=True)
     assert [m["name"] for m in metas] == ["video5"]
     assert shas(out) == good and cli("--report", out, "--verify") == 0

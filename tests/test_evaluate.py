@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
+from app import submission as S
 from data.annotations import MTL_HEADER
 from tasks import AU_NAMES_12, EXPR_NAMES_7
 from tests.test_submission import make_video
-from utils import submission as S
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL = {"a": 20, "b_left": 17}  # annotated validation tracks and their label line counts

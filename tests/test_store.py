@@ -8,7 +8,7 @@ import lmdb
 import numpy as np
 import pytest
 
-from data import store
+from data import store, store_report
 
 
 def fkey(track: str, i: int) -> bytes:
@@ -156,7 +156,7 @@ def test_report_and_totals(tmp_path):
         db.write_video(record("two", ["two_left", "two_right"], frames=10, faces=15))
         db.write_video(record("one", ["one"], frames=10, faces=5))
         db.write_video(record("bad", ["bad"], status="failed: VideoError: bad.mp4: cannot open"))
-        rep = store.report(db)
+        rep = store_report.report(db)
     json.dumps(rep)  # plain data
     assert set(rep["videos"]) == {"two_left", "two_right", "one", "bad"}
     assert rep["videos"]["bad"]["status"].startswith("failed: VideoError") and rep["videos"]["bad"]["frames"] == 0

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app import submission as S
 from tasks import AU_NAMES_12, EDITIONS, EXPR_NAMES_7, EXPR_NAMES_8
-from utils import submission as S
 
 
 def random_preds(edition: str, lengths: dict[str, int], seed: int = 0) -> dict:
@@ -276,7 +276,7 @@ def labels(task: str, rows: list) -> "S.TrackLabels":
 
 
 def test_coverage_counts_labelled_frames_without_a_prediction():
-    from utils import coverage
+    from app.submission import coverage
 
     truth = labels("EXPR", [0] * 30 + [-1] * 20 + [1] * 5)  # 35 labelled frames of 55
     assert coverage.unpredicted(labels("EXPR", [0] * 40), truth, per_video=True) == 5
