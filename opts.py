@@ -12,6 +12,10 @@ import re
 import tasks
 
 EDITIONS = tuple(tasks.EDITIONS)
+# Names of the model families and semi-supervised methods (models.registry.MODELS, models.ssl.METHODS);
+# spelled here so that parsing flags imports no torch.
+MODELS = ("tsav", "mtmt", "resnet18")
+SSL_METHODS = ("none", "mean_teacher")
 
 # Relative defaults shared by the scripts (the demo writes under demo_out/).
 DEFAULT_DATA = "demo_out/mini_affwild2"
@@ -225,14 +229,17 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-jitter", type=_factor_spread, default=0.2,
                    help="teacher brightness/contrast factors in [1-x, 1+x] (MTMT: 0.8-1.2)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="tsav", choices=("tsav", "mtmt"),
-                   help="tsav: R(2+1)D-18 + ResNet-18, one head; mtmt: SE video stream, task heads, self-cure")
+    g.add_argument("--model", default="tsav", choices=MODELS,
+                   help="tsav: R(2+1)D-18 + ResNet-18 on clip + audio, one head; mtmt: SE video stream, task heads, "
+                   "self-cure; resnet18: one frame (no mask, no audio), one head")
     g.add_argument("--dropout", type=_factor_spread, default=0.0, help="dropout before the head(s)")
     g.add_argument("--init-from", default=None,
                    help="checkpoint to start from: same model and layout → every weight, else the two streams "
                    "(e.g. a TSAV checkpoint to start MTMT)")
     g.add_argument("--video-init", default=None, help="torchvision r2plus1d_18 state dict (Kinetics-400) file")
     g.add_argument("--audio-init", default=None, help="torchvision resnet18 state dict (ImageNet) file")
+    g.add_argument("--backbone-init", default=None,
+                   help="frame models: torchvision resnet18 state dict (ImageNet) file for the trunk")
     g = p.add_argument_group("loss and mean teacher")
     g.add_argument("--task-weights", type=_task_weights, default="expr=3,au=1,va=1",
                    help="supervised (and consistency) task weights")
@@ -240,7 +247,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="per-AU BCE terms summed over AUs (MTMT) or averaged")
     g.add_argument("--tsav-filter", action="store_true",
                    help="drop EXPR labels that contradict VA (reported TSAV filtering, unverified)")
-    g.add_argument("--ssl", default="none", choices=("none", "mean_teacher"), help="semi-supervised method")
+    g.add_argument("--ssl", default="none", choices=SSL_METHODS,
+                   help="semi-supervised method: none, or mean_teacher (EMA teacher, consistency on its view)")
     g.add_argument("--consistency", default="missing", choices=("missing", "all"),
                    help="consistency per task on the samples missing that label (MTMT) or on all samples")
     g.add_argument("--consistency-weight", type=_amount, default=0.4,
@@ -344,6 +352,9 @@ def test_parser() -> argparse.ArgumentParser:
                    help="centred moving average over N frames of VA and the probabilities (1 = off)")
     p.add_argument("--au-threshold", type=_probability, default=0.5,
                    help="AU probability threshold for 0/1 outputs (0 to 1)")
+    p.add_argument("--faceless", choices=("model", "fill"), default="model",
+                   help="frames without a face: the model's own prediction from context (and audio), or fill them "
+                   "from the nearest face frames (VA interpolated, EXPR/AU held)")
     p.add_argument("--no-raw", action="store_true", help="do not save per-frame raw outputs (.npz)")
     p.add_argument("--video", default=None,
                    help="predict this one video file instead of a database split (any video, any source)")

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 # ---------------------------------------------------------------------------------------------------
 # Tasks, classes, AUs
 
@@ -207,6 +209,31 @@ def layout_au_columns(layout: OutputLayout, edition: Edition) -> list[int]:
     except MissingAUError as e:
         raise MissingAUError(f"layout {layout.name!r} has no output for {','.join(e.missing)} of {edition.name}",
                              e.missing) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Labels
+
+
+@dataclass
+class TrackLabels:
+    """Labels of one task for one track.
+
+    values: VA float32 (n, 2); EXPR int64 (n,); AU int8 (n, k). Invalid entries keep their sentinel.
+    valid:  VA/EXPR bool (n,); AU bool (n, k) (AU validity is per entry).
+    names:  the column names from the header (EXPR: the class names, whose count says 7 or 8).
+    """
+
+    track: str
+    task: str
+    split: str
+    names: tuple[str, ...]
+    values: np.ndarray
+    valid: np.ndarray
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,15 +3,16 @@
     python test_val_aff2.py --checkpoint best.pth --db DB --split val --edition abaw2021 --out DIR
     python test_val_aff2.py --checkpoint best.pth --video FILE.mp4 --out DIR [--overlay]
 
-See README "Inference" and utils/submit.py.
+See README "Inference", app/split_run.py and app/video_run.py.
 """
 
 from __future__ import annotations
 
 import sys
 
+from app.split_run import run_split
+from app.video_run import run_video
 from opts import test_parser
-from utils.submit import run_split, run_video
 
 
 def main(argv: list[str] | None = None) -> int:

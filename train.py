@@ -1,4 +1,4 @@
-"""Train TSAV / MTMT on the LMDB database (see opts.train_parser and utils.engine).
+"""Train any model of models.registry on the LMDB database (see opts.train_parser and app.training).
 
     python train.py --db demo_out/db --output-dir runs/tsav
     torchrun --nproc_per_node 4 train.py --db DB --output-dir runs/mtmt --model mtmt --ssl mean_teacher ...
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import sys
 
+from app.training import SetupError, run
 from opts import train_parser
-from utils.engine import SetupError, run
 
 
 def main(argv: list[str] | None = None) -> int:

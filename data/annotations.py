@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from tasks import (
     TRAIN_SPLIT,
     VA_NAMES,
     VAL_SPLIT,
+    TrackLabels,
     canonical_split,
 )
 from utils.paths import safe_component, safe_image_name
@@ -70,27 +71,6 @@ LENGTH_SLACK_FRACTION = 0.01
 
 class AnnotationError(ValueError):
     """A malformed annotation file; the message names the file and the line."""
-
-
-@dataclass
-class TrackLabels:
-    """Labels of one task for one track.
-
-    values: VA float32 (n, 2); EXPR int64 (n,); AU int8 (n, k). Invalid entries keep their sentinel.
-    valid:  VA/EXPR bool (n,); AU bool (n, k) (AU validity is per entry).
-    names:  the column names from the header (EXPR: the class names, whose count says 7 or 8).
-    """
-
-    track: str
-    task: str
-    split: str
-    names: tuple[str, ...]
-    values: np.ndarray
-    valid: np.ndarray
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.values)
 
 
 def task_of_header(header: str) -> tuple[str, tuple[str, ...]]:

@@ -21,14 +21,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from utils.inputs import NORM_MEAN, NORM_STD, TOP_DB  # the model input's normalisation (shared with models/)
+
 SR = 44100
 N_FFT = 1024
 WIN = 882  # 20 ms
 HOP = 441  # 10 ms: one column per 0.01 s
 N_MELS = 64
-TOP_DB = 80.0
-NORM_MEAN = -14.8
-NORM_STD = 19.895
 WINDOW_SECONDS = 10
 WINDOW_COLUMNS = 1 + WINDOW_SECONDS * SR // HOP  # 1001
 HALF_COLUMNS = WINDOW_COLUMNS // 2  # 500 columns each side of the centre

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.tsav import split_outputs, va_output
 from tasks import OutputLayout, get_layout
+from utils.outputs import split_outputs, va_output
 
 # MTMT's supervised total 3·EXPR + AU + VA.
 DEFAULT_TASK_WEIGHTS = {"expr": 3.0, "au": 1.0, "va": 1.0}

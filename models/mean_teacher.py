@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.base import unwrap_model
 from models.losses import (
     DEFAULT_TASK_WEIGHTS,
     ccc_loss,
@@ -24,8 +25,8 @@ from models.losses import (
     masked_cross_entropy,
     rank_regularization,
 )
-from models.tsav import split_outputs, unwrap_model, va_output
 from tasks import OutputLayout
+from utils.outputs import split_outputs, va_output
 
 RANK_WEIGHT = 12.0  # MTMT: L_c = 3·C_EX + C_AU + C_VA + 12·RR
 
@@ -126,14 +127,16 @@ def consistency_loss(student_out: Tensor | tuple, teacher_out: Tensor | tuple,
     expr_use = _missing(label_valid_masks.get("expr"), batch, device, only_missing)
     au_use = _missing(label_valid_masks.get("au"), batch, device, only_missing)
     va_use = _missing(label_valid_masks.get("va"), batch, device, only_missing)
-    if au_use.dim() == 1:
+    if au_use.dim() == 1 and "au" in s:
         au_use = au_use[:, None].expand_as(s["au"])
 
-    terms = {
-        "expr": masked_cross_entropy(s["expr"], t["expr"].argmax(dim=1), expr_use),
-        "au": masked_au_bce(s["au"], torch.sigmoid(t["au"]), au_use, au_reduction),
-        "va": ccc_loss(va_output(s["va"].float(), layout, clip=False), va_output(t["va"], layout), va_use),
-    }
+    terms = {}  # the layout's blocks only
+    if "expr" in s:
+        terms["expr"] = masked_cross_entropy(s["expr"], t["expr"].argmax(dim=1), expr_use)
+    if "au" in s:
+        terms["au"] = masked_au_bce(s["au"], torch.sigmoid(t["au"]), au_use, au_reduction)
+    if "va" in s:
+        terms["va"] = ccc_loss(va_output(s["va"].float(), layout, clip=False), va_output(t["va"], layout), va_use)
     total = sum(weights[task] * term for task, term in terms.items())
     if alpha is not None and rank_weight:
         terms["rank"] = rank_regularization(alpha)

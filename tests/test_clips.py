@@ -1,4 +1,5 @@
-"""data/clips.py: clip geometry, audio windows, labels per split, augmentations, sampling, bad databases."""
+"""data/clips.py (+ data/reader.py, data/sampling.py) and the TSAV prepare step: clip geometry, audio
+windows, labels per split, augmentations, sampling, bad databases."""
 
 import pickle
 
@@ -9,28 +10,17 @@ from torch.utils.data import DataLoader
 from toy_db import au_of, expr_of, make_toy_db, red, va_of
 
 from data import audio, masks
-from data.clips import (
-    MEAN,
-    STD,
-    Augment,
-    ClipConfig,
-    ClipDataset,
-    DatasetError,
-    EpochSampler,
-    audio_window,
-    audio_window_db,
-    color_jitter,
-    finish_audio,
-    flip_frames,
-    prepare_batch,
-    sampling_weights,
-    validation_indices,
-)
+from data.clips import Augment, ClipDataset, DatasetError
+from data.reader import audio_window, audio_window_db, flip_frames
+from data.sampling import EpochSampler, sampling_weights, validation_indices
+from models.prepare import color_jitter, finish_audio
+from models.tsav import MEAN, STD, prepare_clip_audio
+from utils.inputs import PIXELS, TEACHER_JITTER, InputSpec
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    return make_toy_db(tmp_path_factory.mktemp("toy") / "db")
+def db(toy):
+    return toy  # the session's toy database (read-only)
 
 
 def index_of(ds: ClipDataset, track: str, frame: int) -> int:
@@ -38,8 +28,12 @@ def index_of(ds: ClipDataset, track: str, frame: int) -> int:
 
 
 def model_input(ds: ClipDataset, key) -> dict[str, torch.Tensor]:
-    """One sample as the model gets it: collated and prepared (float, jitter, normalised) on the CPU."""
-    batch = prepare_batch(torch.utils.data.default_collate([ds[key]]), torch.device("cpu"))
+    """One sample as the model gets it: collated and prepared (float, jitter, normalised) on the CPU; with a
+    teacher view drawn, the teacher's clip too ('teacher_clip')."""
+    raw = torch.utils.data.default_collate([ds[key]])
+    batch = prepare_clip_audio(raw, torch.device("cpu"))
+    if TEACHER_JITTER in raw:
+        batch["teacher_clip"] = prepare_clip_audio(raw, torch.device("cpu"), view="teacher")["clip"]
     return {k: v[0] for k, v in batch.items()}
 
 
@@ -48,13 +42,13 @@ def black_value() -> torch.Tensor:
 
 
 def test_clip_is_causal_with_dilation_in_source_frames(db):
-    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=4, dilation=3))
+    ds = ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=4, dilation=3))
     frames = ds.raw_frames(0, 10)  # track a: frames 1, 4, 7, 10
     assert frames.shape == (4, 112, 112, 4)
     for k, i in enumerate((1, 4, 7, 10)):
         assert abs(int(frames[k, 50, 50, 0]) - red(i)) <= 2
         assert frames[k, 50, 20, 3] == masks.TSAV_LEFT_BROW
-    raw = ds[index_of(ds, "a", 10)]["clip"]
+    raw = ds[index_of(ds, "a", 10)][PIXELS]
     assert raw.shape == (4, 4, 112, 112) and raw.dtype == torch.uint8  # 4x fewer bytes between processes
     sample = model_input(ds, index_of(ds, "a", 10))
     expected = (torch.tensor([red(10) / 255, 100 / 255, 200 / 255, masks.TSAV_LEFT_BROW / 255]) - torch.tensor(MEAN))
@@ -62,7 +56,7 @@ def test_clip_is_causal_with_dilation_in_source_frames(db):
 
 
 def test_frames_before_the_start_or_without_face_are_black(db):
-    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=3, dilation=2))
+    ds = ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=3, dilation=2))
     frames = ds.raw_frames(0, 7)  # frames 3, 5 (no face), 7
     assert frames[1].max() == 0 and frames[0].max() > 0 and frames[2].max() > 0
     frames = ds.raw_frames(0, 2)  # frames -2, 0, 2
@@ -72,14 +66,14 @@ def test_frames_before_the_start_or_without_face_are_black(db):
 
 
 def test_resize_and_mask_choice(db):
-    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=2, size=48, mask="mtmt"))
+    ds = ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=2, size=48, mask="mtmt"))
     clip = model_input(ds, 0)["clip"]
     assert clip.shape == (4, 2, 48, 48)
     assert clip[3, 1].sub((masks.MTMT_EYES / 255 - MEAN[3]) / STD[3]).abs().max() < 1e-5
 
 
 def test_audio_window_is_centred_and_padded_on_the_correct_side(db):
-    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(audio_seconds=0.2))  # 21 columns
+    ds = ClipDataset(db, "train", "abaw2021", InputSpec(audio_seconds=0.2))  # 21 columns
     assert ds[0]["audio_db"].dtype == torch.float16  # half the bytes of the float32 model input
     a = model_input(ds, index_of(ds, "a", 15))["audio_features"][0, 0].numpy()  # t = 0.5 s → column 50
     db_values = a * audio.NORM_STD + audio.NORM_MEAN
@@ -98,18 +92,18 @@ def test_audio_window_equals_data_audio_window_for_10_s():
         on_device = finish_audio(torch.from_numpy(audio_window_db(mel, t, 1001))[None])[0].numpy()
         np.testing.assert_array_equal(on_device, audio.window(mel, t))
     np.testing.assert_array_equal(audio_window(None, 3.0, 1001), audio.silent_window())
-    assert ClipConfig().audio_columns == 1001 and ClipConfig(audio_seconds=2).audio_columns == 201
+    assert InputSpec().audio_columns == 1001 and InputSpec(audio_seconds=2).audio_columns == 201
 
 
 def test_video_without_audio_gets_the_silent_window(db):
-    ds = ClipDataset(db, "val", "abaw2021", ClipConfig(audio_seconds=1))
+    ds = ClipDataset(db, "val", "abaw2021", InputSpec(audio_seconds=1))
     a = model_input(ds, 0)["audio_features"]
     assert a.shape == (1, 64, 101)
     torch.testing.assert_close(a, torch.full_like(a, (audio.SILENCE_DB - audio.NORM_MEAN) / audio.NORM_STD))
 
 
 def test_labels_layout_order_and_per_split_validity(db):
-    train = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=1))
+    train = ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=1))
     assert [t.name for t in train.tracks] == ["a", "c"]
     s = train[index_of(train, "a", 12)]
     assert s["expr"] == expr_of(12) and s["expr_valid"]
@@ -121,19 +115,19 @@ def test_labels_layout_order_and_per_split_validity(db):
     c = train.track_range("c")
     assert train.labels["va_valid"][c].any()
     assert not train.labels["expr_valid"][c].any() and not train.labels["au_valid"][c].any()
-    val = ClipDataset(db, "val", "abaw2021", ClipConfig(clip_len=1))
+    val = ClipDataset(db, "val", "abaw2021", InputSpec(clip_len=1))
     assert [t.name for t in val.tracks] == ["b_left", "b_right", "c"]
     c = val.track_range("c")
     assert not val.labels["va_valid"][c].any() and val.labels["expr_valid"][c].sum() > 0
     # 'Other' (7) is no class of a 7-class layout, but is one under abaw3
     assert not val.labels["expr_valid"][c][3]
-    assert ClipDataset(db, "val", "abaw3", ClipConfig(clip_len=1)).labels["expr_valid"][c][3]
+    assert ClipDataset(db, "val", "abaw3", InputSpec(clip_len=1)).labels["expr_valid"][c][3]
 
 
 def test_bad_databases_fail_with_one_clear_error(tmp_path, db):
     only_tsav = make_toy_db(tmp_path / "tsav_only", mask_kinds=("tsav",))
     with pytest.raises(DatasetError, match="masks.*mtmt"):
-        ClipDataset(only_tsav, "train", "abaw2021", ClipConfig(mask="mtmt"))
+        ClipDataset(only_tsav, "train", "abaw2021", InputSpec(mask="mtmt"))
     no_val = make_toy_db(tmp_path / "no_val", with_val=False)
     with pytest.raises(DatasetError, match="no track annotated in Validation_Set"):
         ClipDataset(no_val, "val", "abaw2021")
@@ -155,13 +149,13 @@ def test_flip_mirrors_and_swaps_tsav_sides():
 
 def test_augmentation_is_a_function_of_the_seed_and_never_touches_the_mask(db):
     aug = Augment(flip=0.5, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, teacher=True)
-    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=2, size=32), aug)
-    plain = model_input(ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=2, size=32)), 12)
+    ds = ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=2, size=32), aug)
+    plain = model_input(ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=2, size=32)), 12)
     a, b, c = model_input(ds, (12, 7)), model_input(ds, (12, 7)), model_input(ds, (12, 8))
     torch.testing.assert_close(a["clip"], b["clip"])
     torch.testing.assert_close(a["teacher_clip"], b["teacher_clip"])
     assert not torch.equal(a["clip"], c["clip"])
-    flipped = {s: ds[(12, s)]["clip"][3, 1, 5, 2] / 255 for s in range(12)}  # left column: brow level or 0 when flipped
+    flipped = {s: ds[(12, s)][PIXELS][3, 1, 5, 2] / 255 for s in range(12)}  # left column: brow level or 0 when flipped
     levels = {round(float(v), 3) for v in flipped.values()}
     assert len(levels) == 2  # both flipped and unflipped clips occur
     for s in range(12):
@@ -179,8 +173,9 @@ def test_device_preparation_jitters_each_clip_with_its_own_factors():
     clips = torch.randint(0, 256, (3, 4, 2, 8, 8), generator=g, dtype=torch.uint8)
     jitter = torch.tensor([[1.2, 0.9, 1.1, 0.05], [1.0, 1.0, 1.0, 0.0], [0.8, 1.0, 1.0, 0.0]])
     teacher = torch.tensor([[1.0, 1.0], [1.1, 0.9], [1.0, 1.0]])
-    out = prepare_batch({"clip": clips, "audio_db": torch.zeros(3, 1, 4, 5), "jitter": jitter,
-                         "teacher_jitter": teacher}, torch.device("cpu"))
+    raw = {PIXELS: clips, "audio_db": torch.zeros(3, 1, 4, 5), "jitter": jitter, "teacher_jitter": teacher}
+    out = prepare_clip_audio(raw, torch.device("cpu"))
+    out["teacher_clip"] = prepare_clip_audio(raw, torch.device("cpu"), view="teacher")["clip"]
     base = clips.float() / 255
     mean, std = torch.tensor(MEAN).reshape(4, 1, 1, 1), torch.tensor(STD).reshape(4, 1, 1, 1)
     for b in range(3):
@@ -194,19 +189,19 @@ def test_device_preparation_jitters_each_clip_with_its_own_factors():
 
 
 def test_dataset_pickles_without_the_environment_and_workers_agree(db):
-    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=2, size=16, audio_seconds=0.5),
+    ds = ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=2, size=16, audio_seconds=0.5),
                      Augment(flip=0.5, brightness=0.2))
     ds[0]
     state = pickle.dumps(ds)
     assert len(state) < 200_000
     sampler = EpochSampler(sampling_weights(ds), 12, seed=3)
-    direct = [ds[k]["clip"] for k in sampler]
-    loaded = torch.cat([b["clip"] for b in DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2)])
+    direct = [ds[k][PIXELS] for k in sampler]
+    loaded = torch.cat([b[PIXELS] for b in DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2)])
     torch.testing.assert_close(loaded, torch.stack(direct))
 
 
 def test_sampler_is_reproducible_per_epoch_and_splits_over_ranks(db):
-    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=1))
+    ds = ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=1))
     w = sampling_weights(ds)
     s = EpochSampler(w, 20, seed=5)
     first = list(s)
@@ -225,7 +220,7 @@ def test_sampler_is_reproducible_per_epoch_and_splits_over_ranks(db):
 
 
 def test_balanced_sampling(db):
-    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=1))
+    ds = ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=1))
     lab = ds.labels
     valid = lab["expr_valid"]
     w = sampling_weights(ds, balance_expr=True)
@@ -245,7 +240,7 @@ def test_balanced_sampling(db):
 
 
 def test_validation_subset_is_fixed(db):
-    val = ClipDataset(db, "val", "abaw2021", ClipConfig(clip_len=1))
+    val = ClipDataset(db, "val", "abaw2021", InputSpec(clip_len=1))
     full = validation_indices(val)
     assert len(full) == val.labelled().sum()
     sub = validation_indices(val, 10, seed=1)

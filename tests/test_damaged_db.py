@@ -1,5 +1,6 @@
 """Frames that cannot be decoded (bytes flipped inside data.mdb) are errors naming the track and the frame, in
-the readers that training and inference use (data/clips.py), not black or garbage frames."""
+the readers that training and inference use (data/reader.py, under data/clips.py and app/inference.py), not
+black or garbage frames."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import clips, store
-from data.clips import ClipConfig, ClipDataset, DamagedFrameError, read_frames
+from app import inference
+from data import reader, store
+from data.clips import ClipDataset
+from data.reader import DamagedFrameError, read_frames
 from tests.toy_db import make_toy_db
+from utils.inputs import InputSpec
 
 TRACK, FRAME = "a", 9  # frame 9 of toy track a has a face; its group holds frames 8-15
 
@@ -31,17 +35,17 @@ def damage(db_path: Path, track: str, frame: int, part: str | None, offset: int 
         data[base + at + offset] ^= 0xFF
         base = data.find(value, base + 1)
     (db_path / "data.mdb").write_bytes(bytes(data))
-    clips.close_stores()
+    reader.close_stores()
 
 
 @pytest.fixture
 def toy(tmp_path) -> Path:
-    clips.close_stores()
+    reader.close_stores()
     return make_toy_db(tmp_path / "db")
 
 
 def clip_at(db_path: Path, mask: str = "tsav", frame: int = FRAME) -> np.ndarray:
-    ds = ClipDataset(db_path, None, "abaw2021", ClipConfig(clip_len=4, dilation=1, mask=mask), tracks=[TRACK],
+    ds = ClipDataset(db_path, None, "abaw2021", spec=InputSpec(clip_len=4, dilation=1, mask=mask), tracks=[TRACK],
                      labels=False)
     return ds.raw_frames(0, frame)
 
@@ -79,7 +83,7 @@ def test_a_damaged_group_header_or_mask_is_an_error(toy, tmp_path):
 
 
 def test_read_frames_without_a_path_still_names_track_and_frame(toy):
-    """The reader inference uses (utils/infer.py passes no path)."""
+    """The reader inference uses (app/inference.py passes no path)."""
     damage(toy, TRACK, FRAME, "rgb")
     out = np.zeros((2, 112, 112, 4), np.uint8)
     with store.Store(toy) as db, db.env.begin(buffers=True) as txn:
@@ -87,3 +91,17 @@ def test_read_frames_without_a_path_still_names_track_and_frame(toy):
         with pytest.raises(DamagedFrameError) as e:
             read_frames(txn, TRACK, [(0, 8), (1, FRAME)], "tsav", False, out)
     assert_one_line(e, f"track {TRACK} frame {FRAME}")
+
+
+def test_inference_stops_at_the_damaged_frame(toy):
+    """app.inference decodes through read_frames too: the error names the track and the frame."""
+    from models.registry import build_model
+
+    damage(toy, TRACK, FRAME, "rgb")
+    model = build_model("resnet18", "abaw2021", input_spec=InputSpec.frame(size=32)).eval()
+    source = inference.db_track_source(str(toy), TRACK)
+    before = inference.predict_sources(model, [source], targets=[np.arange(8)])[0]  # other groups still read
+    assert before["logits"].shape == (8, model.layout.num_outputs)
+    with pytest.raises(DamagedFrameError) as e:
+        inference.predict_source(model, source, chunk=16)
+    assert_one_line(e, f"track {TRACK} frame {FRAME}", "crop cannot be decoded")

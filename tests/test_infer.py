@@ -1,4 +1,4 @@
-"""Inference: the fast batched path equals per-clip evaluation; test_val_aff2.py on splits and on any video."""
+"""Inference: app.inference equals per-sample dataset evaluation; test_val_aff2.py on splits and on any video."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import av
@@ -16,84 +15,164 @@ import torch
 from toy_db import make_toy_db
 
 import test_val_aff2
-from data.clips import ClipConfig, ClipDataset, prepare_batch
+from app import inference
+from app.split_run import PredictError, check_serves
+from data.clips import ClipDataset
+from data.reader import decode_frame, open_store
 from data.video import read_frame_times
-from models.tsav import build_model
+from models.registry import build_model, load_model
 from tasks import get_edition, get_layout
-from utils import infer
-from utils.submit import PredictError, serve_columns, to_edition
+from utils.inputs import InputSpec
+from utils.outputs import decide, output_scores
 
-TINY = ClipConfig(clip_len=3, dilation=2, size=16, mask="tsav", audio_seconds=0.3)
+TINY = InputSpec(clip_len=3, dilation=2, size=16, mask="tsav", audio_seconds=0.3)
+FRAME32 = InputSpec.frame(size=32)
+SCORE_KEYS = ("va", "expr_prob", "au_prob", "logits")
 
 
-def tiny_checkpoint(path: Path, model: str = "tsav", layout: str = "abaw2021", clip: ClipConfig = TINY) -> Path:
+def tiny_model(model: str = "tsav", layout: str = "abaw2021", spec: InputSpec = TINY) -> torch.nn.Module:
+    """A randomly initialised model (seed 0) taking ``spec``, in eval mode."""
     torch.manual_seed(0)
-    m = build_model(model, layout)
-    torch.save({"state_dict": m.state_dict(), "layout": layout, "clip": asdict(clip)}, path)
+    return build_model(model, layout, input_spec=spec).eval()
+
+
+def tiny_checkpoint(path: Path, model: str = "tsav", layout: str = "abaw2021", spec: InputSpec = TINY) -> Path:
+    """A train.py-like checkpoint (weights with arch, layout and input settings) of ``tiny_model``."""
+    m = tiny_model(model, layout, spec)
+    torch.save({"state_dict": m.state_dict(), **m.settings()}, path)
     return path
 
 
-def per_clip_logits(model, db: Path, track: str, clip: ClipConfig) -> torch.Tensor:
-    ds = ClipDataset(db, None, "abaw2021", clip, tracks=[track], labels=False)
-    batch = prepare_batch(torch.utils.data.default_collate([ds[i] for i in ds.track_range(track)]),
-                          torch.device("cpu"))
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    """TSAV (abaw2021 layout) taking the TINY input (overrides conftest's published-size model)."""
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def frame_model() -> torch.nn.Module:
+    return tiny_model("resnet18", spec=FRAME32)
+
+
+def per_sample_scores(model, db: Path, track: str) -> dict[str, np.ndarray]:
+    """The reference: the dataset's own samples of every frame of the track, one batch, the model's prepare."""
+    ds = ClipDataset(db, None, "abaw2021", spec=model.input_spec, tracks=[track], labels=False)
+    raw = torch.utils.data.default_collate([ds[i] for i in ds.track_range(track)])
     with torch.no_grad():
-        return model({"clip": batch["clip"], "audio_features": batch["audio_features"]})
+        out = model(model.prepare(raw, torch.device("cpu")))
+    return {k: v.numpy() for k, v in output_scores(out, model.layout).items()}
+
+
+def in_memory_frames(db: Path, track: str, face: np.ndarray) -> np.ndarray:
+    """(n, 112, 112, 4) uint8 RGB + TSAV mask of every frame of a track, zeros without a face."""
+    with open_store(str(db)).env.begin() as txn:
+        return np.stack([decode_frame(txn, track, i, "tsav") if face[i] else np.zeros((112, 112, 4), np.uint8)
+                         for i in range(len(face))])
+
+
+def assert_same_scores(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], atol: float = 1e-5) -> None:
+    assert sorted(got) == sorted(ref)
+    for key in ref:
+        assert got[key].shape == ref[key].shape, key
+        np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=atol, err_msg=key)
 
 
 @pytest.mark.parametrize("track", ["a", "b_left"])  # a: faceless frames 5-6; b: no audio
-def test_fast_path_equals_per_clip_evaluation(toy, model, track):
-    fast = infer.predict_source(model, infer.db_track_source(str(toy), track), TINY, batch_size=7, chunk=11)
-    ref = per_clip_logits(model, toy, track, TINY)
-    assert fast["logits"].shape == tuple(ref.shape)
-    np.testing.assert_allclose(fast["logits"], ref.numpy(), rtol=0, atol=1e-5)
-    assert fast["va"].shape == (len(ref), 2) and np.all(np.abs(fast["va"]) <= 1)
+def test_inference_equals_per_sample_evaluation(toy, model, track):
+    fast = inference.predict_source(model, inference.db_track_source(str(toy), track), batch_size=7, chunk=11)
+    ref = per_sample_scores(model, toy, track)
+    assert_same_scores(fast, ref)
+    n = len(ref["logits"])
+    assert fast["logits"].shape == (n, 22) and fast["va"].shape == (n, 2) and np.all(np.abs(fast["va"]) <= 1)
     np.testing.assert_allclose(fast["expr_prob"].sum(1), 1, atol=1e-5)
+    assert fast["au_prob"].shape == (n, 12) and np.all((fast["au_prob"] >= 0) & (fast["au_prob"] <= 1))
 
 
 def test_chunk_batch_and_workers_do_not_change_outputs(toy, model):
-    src = infer.db_track_source(str(toy), "a")
-    a = infer.predict_source(model, src, TINY, batch_size=64, chunk=1000)
-    b = infer.predict_source(model, src, TINY, batch_size=3, chunk=4, workers=2)
-    np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-5)
+    src = inference.db_track_source(str(toy), "a")
+    a = inference.predict_source(model, src, batch_size=64, chunk=1000)
+    b = inference.predict_source(model, src, batch_size=3, chunk=4, workers=2)
+    assert_same_scores(b, a)
 
 
 def test_in_memory_source_equals_database_source(toy, model):
-    from data.clips import decode_frame, open_store
+    src = inference.db_track_source(str(toy), "a")
+    mem = inference.TrackSource("a", src.times, src.face, src.mel_db, frames=in_memory_frames(toy, "a", src.face))
+    assert_same_scores(inference.predict_source(model, mem), inference.predict_source(model, src))
 
-    src = infer.db_track_source(str(toy), "a")
-    with open_store(str(toy)).env.begin() as txn:
-        frames = np.stack([decode_frame(txn, "a", i, "tsav") if src.face[i] else np.zeros((112, 112, 4), np.uint8)
-                           for i in range(len(src))])
-    mem = infer.TrackSource("a", src.times, src.face, src.mel_db, frames=frames)
-    np.testing.assert_allclose(infer.predict_source(model, mem, TINY)["logits"],
-                               infer.predict_source(model, src, TINY)["logits"], atol=1e-5)
+
+def test_targets_give_the_rows_of_predicting_every_frame(toy, model):
+    """Only some frames (e.g. validation frames): the same rows, in sorted order, as predicting all and picking."""
+    sources = [inference.db_track_source(str(toy), t) for t in ("a", "b_left", "c")]
+    every = inference.predict_sources(model, sources, batch_size=5, chunk=7)
+    targets = [np.array([29, 0, 6, 13, 5, 13]), None, np.array([], np.int64)]  # unsorted, a repeat; all; none
+    got = inference.predict_sources(model, sources, targets=targets, batch_size=5, chunk=7)
+    assert_same_scores(got[0], {k: v[[0, 5, 6, 13, 29]] for k, v in every[0].items()})
+    assert_same_scores(got[1], every[1])
+    assert {k: v.shape for k, v in got[2].items()} == {k: (0, v.shape[1]) for k, v in every[2].items()}
+    with pytest.raises(IndexError, match="track a: frames to predict outside 0..29"):
+        inference.predict_sources(model, sources[:1], targets=[np.array([3, 30])])
+    assert not model.training  # put back in eval mode as it came
+
+
+def test_a_frame_model_predicts_a_database_track(toy, frame_model):
+    """The frame kind (one RGB frame, no mask, no audio) through the same path as the clip+audio kind."""
+    src = inference.db_track_source(str(toy), "a")
+    got = inference.predict_source(frame_model, src, batch_size=8, chunk=9)
+    n = len(src)
+    layout = get_layout("abaw2021")
+    assert {k: v.shape for k, v in got.items()} == {"va": (n, 2), "expr_prob": (n, 7), "au_prob": (n, 12),
+                                                    "logits": (n, layout.num_outputs)}
+    assert_same_scores(got, per_sample_scores(frame_model, toy, "a"))
+    flipped = inference.predict_source(frame_model, src, flip_tta=True)
+    assert not np.allclose(flipped["logits"], got["logits"])
+    dec = decide(got, layout, get_edition("abaw2021"))
+    assert dec["VA"].shape == (n, 2) and np.all(np.abs(dec["VA"]) <= 1)
+    np.testing.assert_array_equal(dec["EXPR"], got["expr_prob"].argmax(1))
+    assert dec["AU"].shape == (n, 12) and set(np.unique(dec["AU"])) <= {0, 1}
+    np.testing.assert_array_equal(dec["AU"], (got["au_prob"] >= 0.5).astype(int))
 
 
 def test_flip_tta_and_smoothing(toy, model):
-    src = infer.db_track_source(str(toy), "a")
-    plain = infer.predict_source(model, src, TINY)
-    tta = infer.predict_source(model, src, TINY, flip_tta=True)
+    src = inference.db_track_source(str(toy), "a")
+    plain = inference.predict_source(model, src)
+    tta = inference.predict_source(model, src, flip_tta=True)
     assert tta["logits"].shape == plain["logits"].shape and not np.allclose(tta["logits"], plain["logits"])
-    assert infer.smooth(plain, 1) is plain
-    sm = infer.smooth(plain, 5)
+    assert inference.smooth(plain, 1) is plain
+    sm = inference.smooth(plain, 5)
     assert sm["va"].shape == plain["va"].shape
     np.testing.assert_allclose(sm["va"][10], plain["va"][8:13].mean(0), atol=1e-6)
+    np.testing.assert_allclose(sm["expr_prob"][10], plain["expr_prob"][8:13].mean(0), atol=1e-6)
+    np.testing.assert_array_equal(sm["logits"], plain["logits"])  # raw logits are not smoothed
+
+
+def test_faceless_frames_are_filled_from_their_neighbours():
+    face = np.array([False, True, True, False, False, False, True, False])
+    va = np.arange(16, dtype=float).reshape(8, 2)
+    expr = np.arange(8)[:, None] * 10.0
+    out = inference.fill_faceless({"va": va, "expr_prob": expr, "au_prob": np.eye(8, 3)}, face)
+    np.testing.assert_allclose(out["va"][:, 0], [2, 2, 4, 6, 8, 10, 12, 12])  # linear inside, held at the ends
+    np.testing.assert_array_equal(out["expr_prob"][:, 0], [10, 10, 20, 20, 20, 60, 60, 60])  # nearest, earlier on ties
+    np.testing.assert_array_equal(out["au_prob"], np.eye(8, 3)[[1, 1, 2, 2, 2, 6, 6, 6]])
+    assert inference.fill_faceless({"va": va}, np.zeros(8, bool))["va"] is va  # no face at all: the model's output
+    assert inference.fill_faceless({"va": va}, np.ones(8, bool))["va"] is va
 
 
 def test_layouts_map_to_editions():
     preds = {"va": np.array([[1.5, -0.2]]), "expr_prob": np.eye(8)[[7]] * 0.6 + np.eye(8)[[2]] * 0.4,
              "au_prob": np.linspace(0, 1, 12)[None]}
     lay = get_layout("abaw3")
-    out21 = to_edition(preds, lay, get_edition("abaw2021"), 0.5)
+    out21 = decide(preds, lay, get_edition("abaw2021"), "default", 0.5)
     assert out21["EXPR"][0] == 2  # 'Other' is not a class of 2021: argmax over the 7 classes
     assert out21["VA"].tolist() == [[1.0, -0.2]] and out21["AU"].shape == (1, 12)
-    assert to_edition(preds, lay, get_edition("abaw3"), 0.5)["EXPR"][0] == 7
+    assert decide(preds, lay, get_edition("abaw3"), "default", 0.5)["EXPR"][0] == 7
     tsav = get_layout("abaw2020")
-    n_classes, cols = serve_columns(tsav, get_edition("abaw2020"))
-    assert n_classes == 7 and cols == list(range(8))
+    check_serves(tsav, get_edition("abaw2020"))  # its own edition: served
+    au8 = {"va": preds["va"], "expr_prob": np.eye(7)[[3]], "au_prob": np.linspace(0, 1, 8)[None]}
+    out20 = decide(au8, tsav, get_edition("abaw2020"))
+    assert out20["EXPR"][0] == 3 and out20["AU"].tolist() == [[0, 0, 0, 0, 1, 1, 1, 1]]
     with pytest.raises(PredictError, match="cannot serve abaw2021: it has no output for AU7"):
-        serve_columns(tsav, get_edition("abaw2021"))
+        check_serves(tsav, get_edition("abaw2021"))
 
 
 # --- test_val_aff2.py end to end ------------------------------------------------------------------
@@ -177,6 +256,7 @@ def test_any_video_writes_csv_plot_and_overlay(mini_quick, tmp_path):
     assert "p_Neutral" in header and "p_AU12" in header and header[-1] == "AU26"
     success = [int(r.split(",")[3]) for r in rows[1:]]
     assert 0 in success and 1 in success  # the faceless stretch is there, and so are faces
+    assert all(r.split(",")[6] for r in rows[1:])  # faceless frames too: the model's own prediction by default
     assert (out / f"{name}_timeline.png").read_bytes()[:4] == b"\x89PNG"
     with av.open(str(out / f"{name}_overlay.mp4")) as c:
         assert c.streams.audio, "overlay keeps the audio"
@@ -213,11 +293,36 @@ def test_a_failed_run_leaves_the_previous_output_alone(toy, tmp_path, monkeypatc
         calls.append(1)
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(infer, "predict_source", boom)
+    monkeypatch.setattr(inference, "predict_source", boom)
     rc = test_val_aff2.main(["--checkpoint", str(tiny_checkpoint(tmp_path / "t.pth")), "--db", str(toy),
                              "--split", "test", "--out", str(out)])
     assert rc == 2 and calls
     assert (out / "keep.txt").read_text() == "old" and not (out / "submission").exists()
+
+
+def test_split_mode_keeps_the_models_faceless_predictions_unless_asked_to_fill(toy, tmp_path):
+    """Track a (frames 5-6 without a face) as a test track: raw scores = app.inference's by default, and
+    ``--faceless fill`` replaces exactly its faceless frames from the face frames (fill_faceless)."""
+    ckpt = tiny_checkpoint(tmp_path / "t.pth")
+    lst = tmp_path / "VA_test_set.txt"
+    lst.write_text("a\n")
+    base = ["--checkpoint", str(ckpt), "--db", str(toy), "--split", "test", "--test-lists", str(lst),
+            "--workers", "0", "--device", "cpu"]
+    assert test_val_aff2.main(base + ["--out", str(tmp_path / "model")]) == 0
+    assert test_val_aff2.main(base + ["--out", str(tmp_path / "fill"), "--faceless", "fill"]) == 0
+    src = inference.db_track_source(str(toy), "a")
+    ref = inference.predict_source(load_model(ckpt), src)
+    own, filled = (np.load(tmp_path / run / "raw" / "a.npz") for run in ("model", "fill"))
+    np.testing.assert_array_equal(own["face"], src.face)
+    for key in SCORE_KEYS:
+        np.testing.assert_allclose(own[key], ref[key], rtol=0, atol=1e-5, err_msg=key)
+    refill = inference.fill_faceless(ref, src.face)
+    for key in SCORE_KEYS:
+        np.testing.assert_allclose(filled[key], refill[key], rtol=0, atol=1e-5, err_msg=key)
+        np.testing.assert_array_equal(filled[key][src.face], own[key][src.face])  # face frames untouched
+    assert not np.allclose(filled["va"][5:7], own["va"][5:7])
+    va = [line.split(",") for line in (tmp_path / "fill" / "submission" / "VA_Set" / "a.txt").read_text().split()[1:]]
+    np.testing.assert_allclose(np.array(va, float), refill["va"], atol=1e-3)
 
 
 # --- split mode: only the run's own files are replaced, only once complete -----------------------
@@ -274,7 +379,7 @@ def test_an_unsafe_track_name_is_refused_before_any_work(tmp_path, capsys, monke
     with store.Store(db, readonly=False) as s:
         s.write_schema(["tsav", "mtmt"])
         add_video(s, "evil", {"../../x": {}}, 12)
-    monkeypatch.setattr(infer, "predict_source", lambda *a, **k: pytest.fail("predicted an unsafe track"))
+    monkeypatch.setattr(inference, "predict_source", lambda *a, **k: pytest.fail("predicted an unsafe track"))
     out = tmp_path / "deep" / "er" / "out"
     rc = test_val_aff2.main(["--checkpoint", str(tiny_checkpoint(tmp_path / "t.pth")), "--db", str(db),
                              "--split", "test", "--out", str(out)])

@@ -1,4 +1,4 @@
-"""utils/optim.py: parameter groups, AdamW's no-decay split, the per-step schedule, accumulation, clipping, resume."""
+"""utils/optim.py and its use by app.training: parameter groups, the no-decay split, schedule, accumulation, resume."""
 
 import argparse
 import csv
@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models.mean_teacher import MeanTeacher
-from models.tsav import read_checkpoint
+from app import checkpoints, training
+from models.ssl import MeanTeacherMethod
 from opts import train_parser
-from utils import engine
+from utils.checkpoint import read_checkpoint
 from utils.optim import (
     GradientStep,
     Schedule,
@@ -248,7 +248,7 @@ def train_args(db, out, *extra: str) -> argparse.Namespace:
 def test_train_one_epoch_steps_schedule_and_teacher_once_per_accumulation_group(monkeypatch):
     g = torch.Generator().manual_seed(2)
     data = [(torch.randn(2, 3, generator=g), torch.randn(2, 1, generator=g)) for _ in range(5)]
-    monkeypatch.setattr(engine, "batch_loss", lambda model, teacher, criterion, batch, *rest:
+    monkeypatch.setattr(training, "batch_loss", lambda model, method, criterion, batch, *rest:
                         (nn.functional.mse_loss(model(batch[0]), batch[1]), {}))
 
     def fresh():
@@ -258,11 +258,11 @@ def test_train_one_epoch_steps_schedule_and_teacher_once_per_accumulation_group(
         return model, opt, build_scheduler(opt, Schedule("cosine", warmup=1, total=3))
 
     model, opt, sched = fresh()
-    teacher, state = MeanTeacher(model, 0.9), engine.TrainState()
-    args = argparse.Namespace(accum_steps=2, clip_grad=0.0, amp="none", log_every=1)
-    logs = engine.train_one_epoch(model, teacher, None, data, opt, sched, torch.amp.GradScaler("cpu", enabled=False),
-                                  state, args, torch.device("cpu"), None, None, False)
-    assert state.step == teacher.step == sched.last_epoch == 3 and set(logs) == {"loss"}
+    args = argparse.Namespace(accum_steps=2, clip_grad=0.0, amp="none", log_every=1, ema_decay=0.9)
+    method, state = MeanTeacherMethod(model, args), checkpoints.TrainState()
+    logs = training.train_one_epoch(model, method, None, data, opt, sched, torch.amp.GradScaler("cpu", enabled=False),
+                                    state, args, torch.device("cpu"), None, None, False)
+    assert state.step == method.teacher.step == sched.last_epoch == 3 and set(logs) == {"loss"}
     ref, ref_opt, ref_sched = fresh()  # by hand: groups of batches (0, 1), (2, 3), (4)
     for group in ((0, 1), (2, 3), (4,)):
         ref_opt.zero_grad()
@@ -276,9 +276,9 @@ def test_train_one_epoch_steps_schedule_and_teacher_once_per_accumulation_group(
 
 @pytest.mark.slow  # five epochs of the full-width model: 80-140 s on 2 busy cores
 def test_accumulated_adamw_run_resumes_bit_identical_and_logs_each_group_lr(toy, tmp_path):
-    engine.run(train_args(toy, tmp_path / "straight", "--epochs", "2"))
-    engine.run(train_args(toy, tmp_path / "split", "--epochs", "2", "--stop-after", "1"))
-    engine.run(train_args(toy, tmp_path / "split", "--epochs", "2", "--resume", str(tmp_path / "split" / "last.pth")))
+    training.run(train_args(toy, tmp_path / "straight", "--epochs", "2"))
+    training.run(train_args(toy, tmp_path / "split", "--epochs", "2", "--stop-after", "1"))
+    training.run(train_args(toy, tmp_path / "split", "--epochs", "2", "--resume", str(tmp_path / "split" / "last.pth")))
     a = read_checkpoint(tmp_path / "straight" / "last.pth")
     b = read_checkpoint(tmp_path / "split" / "last.pth")
     assert a["step"] == b["step"] == 4 and a["teacher"]["step"] == 4  # the EMA counts optimiser steps
@@ -299,7 +299,7 @@ def test_resume_with_another_optimiser_or_accumulation_is_refused_before_trainin
     last = tmp_path / "run" / "last.pth"
     last.parent.mkdir()
     key = flag.removeprefix("--").replace("-", "_")
-    torch.save({"format": engine.CHECKPOINT_FORMAT, "student": {}, "teacher": {}, "arch": "tsav",
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "student": {}, "teacher": {}, "arch": "tsav",
                 "layout": "abaw2021", "args": {"optimizer": "adamw", "accum_steps": 2, key: saved}}, last)
-    with pytest.raises(engine.SetupError, match=f"^{last}: saved with {flag} {saved}; this run has {flag} {now} "):
-        engine.run(train_args(toy, tmp_path / "run", "--resume", str(last), flag, now))
+    with pytest.raises(training.SetupError, match=f"^{last}: saved with {flag} {saved}; this run has {flag} {now} "):
+        training.run(train_args(toy, tmp_path / "run", "--resume", str(last), flag, now))

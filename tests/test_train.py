@@ -1,4 +1,4 @@
-"""train.py / utils/engine.py: resume equality, 2-process DDP, bad inputs, checkpoints, predictions, learning."""
+"""train.py / app.training: resume equality, 2-process DDP, bad inputs, checkpoints, predictions, learning."""
 
 import json
 import os
@@ -13,16 +13,22 @@ import torch
 import torch.multiprocessing as mp
 from toy_db import make_toy_db
 
+import test_val_aff2
 import train
+from app import checkpoints, training, validation
+from app.inference import db_track_source, fill_faceless, predict_source
+from app.split_run import predict_tracks, tracks_of_split
+from app.submission import read_per_video_folder, write_per_video
 from data import store
-from data.clips import ClipConfig, ClipDataset, prepare_batch
+from data.clips import ClipDataset
 from models.losses import MultiTaskLoss
-from models.tsav import build_model, load_published, read_checkpoint
+from models.registry import build_model, load_model
+from opts import test_parser as predict_parser
 from opts import train_parser
-from tasks import get_layout
-from utils import engine
-from utils.predict import fill_faceless, load_model, predict_split, predict_track
-from utils.submission import read_per_video_folder, score_submission, write_per_video
+from tasks import get_edition, get_layout
+from utils.checkpoint import read_checkpoint
+from utils.inputs import InputSpec
+from utils.outputs import decide
 
 ROOT = Path(__file__).resolve().parents[1]
 # A model of full width on tiny inputs: 2 frames of 16x16 and 0.3 s of audio; 2 steps of 2 clips per epoch.
@@ -44,13 +50,13 @@ def args_for(db: Path, out: Path, *extra: str):
 def mt_run(db, tmp_path_factory):
     """One epoch of the MTMT model with the mean teacher (the teacher is selected and saved)."""
     out = tmp_path_factory.mktemp("mt_run")
-    result = engine.run(args_for(db, out, "--model", "mtmt", "--layout", "mtmt", "--ssl", "mean_teacher",
+    result = training.run(args_for(db, out, "--model", "mtmt", "--layout", "mtmt", "--ssl", "mean_teacher",
                                  "--epochs", "1"))
     return out, result
 
 
 def test_loss_sees_only_valid_labels_of_a_batch(db):
-    ds = ClipDataset(db, "train", "abaw2021", ClipConfig(clip_len=1, size=16))
+    ds = ClipDataset(db, "train", "abaw2021", InputSpec(clip_len=1, size=16))
     batch = [ds[i] for i in range(8)]
     targets = {k: torch.stack([b[k] for b in batch]) for k in ("expr", "au", "va")}
     valid = {k: torch.stack([b[f"{k}_valid"] for b in batch]) for k in ("expr", "au", "va")}
@@ -69,10 +75,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(db, tmp_path, cap
     extra = ["--model", "mtmt", "--layout", "mtmt", "--ssl", "mean_teacher", "--sched", "cosine",
              "--flip", "0.5", "--jitter", "0.2", "--precise-bn", "1"]
     stale, live = overwritten_run(tmp_path / "straight")
-    engine.run(args_for(db, tmp_path / "straight", *extra, "--epochs", "2", "--overwrite"))
+    training.run(args_for(db, tmp_path / "straight", *extra, "--epochs", "2", "--overwrite"))
     check_overwritten(tmp_path / "straight", stale, live, capsys.readouterr().out)
-    engine.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2", "--stop-after", "1"))
-    engine.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2",
+    training.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2", "--stop-after", "1"))
+    training.run(args_for(db, tmp_path / "split", *extra, "--epochs", "2",
                         "--resume", str(tmp_path / "split" / "last.pth")))
     a = read_checkpoint(tmp_path / "straight" / "last.pth")
     b = read_checkpoint(tmp_path / "split" / "last.pth")
@@ -119,7 +125,7 @@ def _ddp_worker(rank: int, world: int, port: int, argv: list[str], out: str) -> 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    result = engine.run(train_parser().parse_args(argv))
+    result = training.run(train_parser().parse_args(argv))
     torch.save({"student": result["model"].state_dict(), "teacher": result["teacher"].state_dict(),
                 "best": result["best_score"]}, Path(out) / f"rank{rank}.pt")
 
@@ -168,7 +174,7 @@ def test_bad_inputs_fail_before_training(case, db, mt_run, tmp_path, capsys):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pth"
-    engine.save_atomic({"x": torch.ones(3)}, path)
+    checkpoints.save_atomic({"x": torch.ones(3)}, path)
 
     def dies_half_way(obj, f):
         f.write(b"half a checkpoint")
@@ -176,18 +182,18 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
-        engine.save_atomic({"x": torch.zeros(3)}, path)
+        checkpoints.save_atomic({"x": torch.zeros(3)}, path)
     assert torch.equal(read_checkpoint(path)["x"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
 
-def test_saved_model_is_the_evaluated_one_and_loads_with_load_published(mt_run):
+def test_saved_model_is_the_evaluated_one_and_loads_with_load_model(mt_run):
     out, result = mt_run
     best, last = read_checkpoint(out / "best.pth"), read_checkpoint(out / "last.pth")
     assert best["selected"] == "teacher" and best["layout"] == "mtmt" and "optimizer" not in best
     assert best["scores"]["total"] == pytest.approx(result["best_score"])
     teacher = last["teacher"]["teacher"]
-    model = load_published(out / "best.pth")
+    model = load_model(out / "best.pth")
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, teacher[name]), name
     assert model.layout.name == "mtmt"
@@ -198,24 +204,30 @@ def test_init_from_copies_streams_across_architectures(db, tmp_path, capsys):
     tsav = build_model("tsav", "abaw2020")
     torch.save({"state_dict": tsav.state_dict()}, tmp_path / "TSAV.pth.tar")  # the published file's form
     args = args_for(db, tmp_path, "--model", "mtmt", "--layout", "mtmt", "--init-from", str(tmp_path / "TSAV.pth.tar"))
-    model = engine.make_model(engine.resolve(args, torch.device("cpu")), get_layout("mtmt"), print)
+    model = training.make_model(training.resolve(args, torch.device("cpu")), get_layout("mtmt"), print)
     own, source = model.state_dict(), tsav.state_dict()
     for key in ("audio_model.resnet.conv1.weight", "video_model.r2plus1d.stem.0.weight",
                 "video_model.r2plus1d.layer4.1.conv2.0.3.weight"):
         assert torch.equal(own[key], source[key])
     assert "streams" in capsys.readouterr().out
     args = args_for(db, tmp_path, "--layout", "abaw2020", "--init-from", str(tmp_path / "TSAV.pth.tar"))
-    same = engine.make_model(engine.resolve(args, torch.device("cpu")), get_layout("abaw2020"), print)
+    same = training.make_model(training.resolve(args, torch.device("cpu")), get_layout("abaw2020"), print)
     assert all(torch.equal(t, source[k]) for k, t in same.state_dict().items())  # same model: every weight
 
 
 def test_predict_every_frame_of_a_track_and_write_submission(db, mt_run, tmp_path):
-    model, clip = load_model(mt_run[0] / "best.pth")
-    assert clip == ClipConfig(clip_len=2, dilation=2, size=16, audio_seconds=0.3)
-    preds = predict_track(model, db, "a", clip, "abaw2021", batch_size=7)  # frames 5 and 6 have no face
+    model = load_model(mt_run[0] / "best.pth")
+    assert model.input_spec == InputSpec(clip_len=2, dilation=2, size=16, audio_seconds=0.3)
+    scores = predict_source(model, db_track_source(str(db), "a"), batch_size=7)  # frames 5 and 6 have no face
+    preds = decide(scores, model.layout, get_edition("abaw2021"))
     assert preds["VA"].shape == (30, 2) and preds["EXPR"].shape == (30,) and preds["AU"].shape == (30, 12)
     assert np.abs(preds["VA"]).max() <= 1 and set(np.unique(preds["AU"])) <= {0, 1}
-    split = predict_split(model, db, "Validation_Set", clip, "abaw2021", batch_size=16)
+    # test_val_aff2.py's split mode: every track of the split, for each task the tracks annotated for it
+    args = predict_parser().parse_args(["--checkpoint", str(mt_run[0] / "best.pth"), "--db", str(db),
+                                        "--batch-size", "16", "--workers", "0", "--no-raw"])
+    wanted = tracks_of_split(str(db), "val", [])
+    tracks = sorted({t for ts in wanted.values() for t in ts})
+    split, *_ = predict_tracks(args, model, torch.device("cpu"), get_edition("abaw2021"), wanted, tracks, tmp_path)
     assert sorted(split) == ["AU", "EXPR", "VA"] and sorted(split["EXPR"]) == ["b_left", "b_right", "c"]
     assert sorted(split["VA"]) == ["b_left", "b_right"]
     back = read_per_video_folder(write_per_video(tmp_path / "pred", split, "abaw2021"), "abaw2021")
@@ -225,30 +237,35 @@ def test_predict_every_frame_of_a_track_and_write_submission(db, mt_run, tmp_pat
 def test_faceless_frames_are_filled_from_their_neighbours():
     face = np.array([False, True, True, False, False, False, True, False])
     va = np.arange(16, dtype=float).reshape(8, 2)
-    expr = np.arange(8) * 10
-    out = fill_faceless({"VA": va, "EXPR": expr, "AU": np.eye(8, 3, dtype=int)}, face)
-    np.testing.assert_allclose(out["VA"][:, 0], [2, 2, 4, 6, 8, 10, 12, 12])  # linear inside, held at the ends
-    np.testing.assert_array_equal(out["EXPR"], [10, 10, 20, 20, 20, 60, 60, 60])  # nearest face, earlier on ties
-    assert fill_faceless({"VA": va}, np.zeros(8, bool))["VA"] is va  # no face at all: the model's output
+    expr_prob = np.arange(8)[:, None] * np.array([[10.0, 1.0]])  # row k: (10k, k)
+    au_prob = np.eye(8, 3)
+    out = fill_faceless({"va": va, "expr_prob": expr_prob, "au_prob": au_prob}, face)
+    np.testing.assert_allclose(out["va"][:, 0], [2, 2, 4, 6, 8, 10, 12, 12])  # linear inside, held at the ends
+    np.testing.assert_array_equal(out["expr_prob"][:, 0], [10, 10, 20, 20, 20, 60, 60, 60])  # nearest face,
+    nearest = [1, 1, 2, 2, 2, 6, 6, 6]  # the earlier one on ties; every score of a frame comes from that one frame
+    np.testing.assert_array_equal(out["expr_prob"], expr_prob[nearest])
+    np.testing.assert_array_equal(out["au_prob"], au_prob[nearest])
+    assert fill_faceless({"va": va}, np.zeros(8, bool))["va"] is va  # no face at all: the model's output
 
 
 def test_precise_bn_recomputes_statistics_from_plain_clips(db):
     args = args_for(db, Path("unused"), "--batch-size", "6")
-    ds = ClipDataset(db, "train", "abaw2021", engine.clip_config(args))
-    model = build_model("tsav", "abaw2021", dropout=0.5)
+    spec = training.input_spec(args)
+    ds = ClipDataset(db, "train", "abaw2021", spec)
+    model = build_model("tsav", "abaw2021", dropout=0.5, input_spec=spec)
     bn = model.video_model.r2plus1d.stem[1]
     seen = []
     bn.register_forward_hook(lambda m, i, o: seen.append(i[0].detach()))
     model.train()
     with torch.no_grad():
-        model(prepare_batch(torch.utils.data.default_collate([ds[0], ds[1]]), torch.device("cpu")))  # other stats
+        model(model.prepare(torch.utils.data.default_collate([ds[0], ds[1]]), torch.device("cpu")))  # other stats
     seen.clear()
-    engine.precise_bn(model, ds, list(range(3, 15)), args, torch.device("cpu"))
+    validation.precise_bn(model, ds, list(range(3, 15)), args, torch.device("cpu"))
     assert len(seen) == 2 and model.training and bn.momentum == 0.1
     expected = torch.stack([x.mean(dim=(0, 2, 3, 4)) for x in seen]).mean(0)
     torch.testing.assert_close(bn.running_mean, expected)
     before = bn.running_var.clone()
-    engine.precise_bn(model, ds, list(range(3, 15)), args, torch.device("cpu"))
+    validation.precise_bn(model, ds, list(range(3, 15)), args, torch.device("cpu"))
     torch.testing.assert_close(bn.running_var, before, rtol=0, atol=0)  # a plain average: same clips, same stats
 
 
@@ -258,13 +275,18 @@ def current_schema(db: Path) -> bool:
         return (d.schema() or {}).get("version") == store.SCHEMA_VERSION
 
 
+def demo_args_file() -> Path:
+    """The demo's train.py flags (shs/demo_tsav.args; shs/demo_train.args before the demo had several models)."""
+    return next(p for p in (ROOT / "shs" / "demo_tsav.args", ROOT / "shs" / "demo_train.args") if p.is_file())
+
+
 @pytest.mark.slow
 def test_learns_the_mini_dataset(tmp_path):
-    """The demo's CPU run (shs/demo_train.args) must score far above chance on the validation videos."""
+    """The demo's CPU run must score far above chance on the validation videos, as test_val_aff2.py scores it."""
     db = ROOT / "demo_out" / "db"
     annotations = ROOT / "demo_out" / "mini_affwild2" / "annotations" / "abaw2021"
     if not (db / "data.mdb").is_file() or not annotations.is_dir() or not current_schema(db):
-        from data import synthetic
+        from tools import synthetic
 
         data = tmp_path / "mini"
         synthetic.generate(data, seed=0)
@@ -273,14 +295,15 @@ def test_learns_the_mini_dataset(tmp_path):
                         str(annotations), "--test-lists", *map(str, sorted((data / "test_sets").glob("*.txt"))),
                         "--out", str(db), "--workers", "2"], cwd=ROOT, check=True)
     out = tmp_path / "run"
-    assert train.main([f"@{ROOT / 'shs' / 'demo_train.args'}", "--db", str(db), "--output-dir", str(out),
-                       "--no-progress"]) == 0
-    model, clip = load_model(out / "best.pth")
-    preds = predict_split(model, db, "Validation_Set", clip, "abaw2021", batch_size=32)
-    scores = score_submission(write_per_video(tmp_path / "pred", preds, "abaw2021"), annotations, "abaw2021",
-                              "Validation_Set")
-    assert scores["expr"]["f1"] >= 0.6, scores
-    assert scores["va"]["score"] >= 0.5, scores
+    assert train.main([f"@{demo_args_file()}", "--db", str(db), "--output-dir", str(out), "--no-progress"]) == 0
+    pred = tmp_path / "pred"
+    assert test_val_aff2.main(["--checkpoint", str(out / "best.pth"), "--db", str(db), "--split", "val",
+                               "--edition", "abaw2021", "--annotations", str(annotations), "--out", str(pred),
+                               "--workers", "1"]) == 0  # 0: the submission checker found no problem
+    scores = json.loads((pred / "scores.json").read_text())  # what evaluate.py would print (NaN: null)
+    expr_f1, va = scores["expr"]["f1"], scores["va"]["score"]
+    assert expr_f1 is not None and expr_f1 >= 0.6, scores
+    assert va is not None and va >= 0.5, scores
 
 
 def old_run(out: Path) -> dict[str, bytes]:
@@ -294,7 +317,7 @@ def old_run(out: Path) -> dict[str, bytes]:
 def test_an_existing_run_is_refused_before_any_work(db, mt_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     before = old_run(out)
-    monkeypatch.setattr(engine, "make_datasets", lambda *a: pytest.fail("read the database before refusing"))
+    monkeypatch.setattr(training, "make_datasets", lambda *a: pytest.fail("read the database before refusing"))
     base = ["--db", str(db), "--output-dir", str(out), *TINY, "--epochs", "1"]
     cases = [([], "holds a training run (config.json, last.pth, best.pth, log.csv, tb)"),
              (["--model", "mtmt", "--layout", "mtmt", "--ssl", "mean_teacher", "--resume", str(mt_run[0] / "last.pth")],
@@ -310,11 +333,11 @@ def test_an_existing_run_is_refused_before_any_work(db, mt_run, tmp_path, capsys
 def test_only_rank_0_looks_at_the_output_folder(db, tmp_path, monkeypatch):
     """Every rank stops on rank 0's answer; the others never decide on their own (DDP)."""
     args = args_for(db, old_run(tmp_path / "out") and tmp_path / "out", "--epochs", "1")
-    rank1 = engine.dist.DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
-    monkeypatch.setattr(engine.run_dir, "output_dir_problem", lambda *a: pytest.fail("rank 1 decided"))
-    monkeypatch.setattr(engine.dist, "broadcast_object", lambda obj: "rank 0: refused" if obj is None else obj)
+    rank1 = training.dist.DistInfo(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    monkeypatch.setattr(training.run_dir, "output_dir_problem", lambda *a: pytest.fail("rank 1 decided"))
+    monkeypatch.setattr(training.dist, "broadcast_object", lambda obj: "rank 0: refused" if obj is None else obj)
     with pytest.raises(ValueError, match="^rank 0: refused$"):
-        engine.setup(args, rank1)
+        training.setup(args, rank1)
 
 
 @pytest.mark.parametrize("flag,value", [
@@ -342,8 +365,8 @@ def _refused_worker(rank: int, world: int, port: int, argv: list[str], out: str)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     try:
-        engine.run(train_parser().parse_args(argv))
-    except engine.SetupError as e:
+        training.run(train_parser().parse_args(argv))
+    except training.SetupError as e:
         (Path(out) / f"rank{rank}.txt").write_text(str(e))
 
 

@@ -13,23 +13,28 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from test_infer import TINY, tiny_checkpoint
+from test_infer import FRAME32, TINY, in_memory_frames, tiny_checkpoint, tiny_model
 
 import test_val_aff2
-from data import audio, build
-from data.clips import decode_frame, open_store, resize_frames
+from app import inference, video_report, video_stream
+from data import audio, build, build_plan
+from data.reader import resize_frames
 from data.video import read_frame_times
-from utils import infer, video_report, video_stream
 
 FAMILY_SUFFIXES = (".csv", "_timeline.png", ".npz", "_overlay.mp4")
+OUTPUT_KEYS = ("va", "expr_prob", "au_prob", "logits")  # the app.inference scores of an abaw2021 model
 
 
-def in_memory_source(db: Path, track: str) -> infer.TrackSource:
-    src = infer.db_track_source(str(db), track)
-    with open_store(str(db)).env.begin() as txn:
-        frames = np.stack([decode_frame(txn, track, i, "tsav") if src.face[i] else np.zeros((112, 112, 4), np.uint8)
-                           for i in range(len(src))])
-    return infer.TrackSource(track, src.times, src.face, src.mel_db, frames=frames)
+@pytest.fixture(scope="module")
+def model():
+    """TSAV (abaw2021 layout) taking the TINY input (overrides conftest's published-size model)."""
+    return tiny_model()
+
+
+def in_memory_source(db: Path, track: str) -> inference.TrackSource:
+    src = inference.db_track_source(str(db), track)
+    return inference.TrackSource(track, src.times, src.face, src.mel_db,
+                                 frames=in_memory_frames(db, track, src.face))
 
 
 @pytest.mark.parametrize("track,chunk,batch,flip", [("a", 15, 10, False), ("b_left", 64, 24, True),
@@ -38,23 +43,43 @@ def test_rolling_clips_equal_the_whole_track_in_memory(toy, model, track, chunk,
     """a: faceless frames 5-6, audio, a batch split inside chunks; b_left: no audio, flip TTA, one chunk;
     d: chunks of 3 frames, shorter than the 4 frames of history. The reference: the whole track at once."""
     src = in_memory_source(toy, track)
-    ref = infer.predict_source(model, src, TINY, batch_size=64, chunk=1000, flip_tta=flip)
-    clips = video_stream.RollingClips(model, TINY, src.mel_db, batch_size=batch, chunk=chunk, flip_tta=flip)
+    ref = inference.predict_source(model, src, batch_size=64, chunk=1000, flip_tta=flip)
+    clips = video_stream.RollingClips(model, src.mel_db, batch_size=batch, chunk=chunk, flip_tta=flip)
+    assert clips.spec == TINY
     for i in range(len(src)):
         clips.push(resize_frames(src.frames[i:i + 1], TINY.size)[0] if src.face[i] else None, src.times[i])
     assert clips.buffer.shape[0] == clips.history + chunk  # the rolling window never grows
     got = clips.finish()
-    for key in video_stream.OUTPUT_KEYS:
+    assert sorted(got) == sorted(ref) == sorted(OUTPUT_KEYS)
+    for key in OUTPUT_KEYS:
         np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-5, err_msg=key)
+
+
+def test_rolling_frames_of_a_frame_model_equal_the_whole_track(toy):
+    """The frame kind (RGB only, no history, no audio) streams through the same rolling window."""
+    frame_model = tiny_model("resnet18", spec=FRAME32)
+    src = in_memory_source(toy, "a")
+    ref = inference.predict_source(frame_model, src, chunk=1000)
+    clips = video_stream.RollingClips(frame_model, src.mel_db, batch_size=5, chunk=8)
+    assert clips.history == 0 and clips.mel is None
+    for i in range(len(src)):
+        rgb = resize_frames(src.frames[i:i + 1, ..., :3], FRAME32.size)[0] if src.face[i] else None
+        clips.push(rgb, src.times[i])
+    got = clips.finish()
+    for key in OUTPUT_KEYS:
+        np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-5, err_msg=key)
+    crop = src.frames[9, ..., :3]  # the --video writer's frame: the crop alone (no mask), at the model's size
+    np.testing.assert_array_equal(video_stream.model_frame(crop, None, FRAME32),
+                                  resize_frames(crop[None], FRAME32.size)[0])
 
 
 def test_frames_past_the_audio_read_silence(model):
     """A stream pads the log-mel for its audio only; later frames must see the same silence as a full pad."""
     mel = np.tile(np.arange(40, dtype=np.float32) / 10, (audio.N_MELS, 1)).astype(np.float16)
     times = np.arange(30) / 30.0  # 1 s of frames, 0.4 s of audio
-    src = infer.TrackSource("x", times, np.zeros(30, bool), mel, frames=np.zeros((30, 112, 112, 4), np.uint8))
-    ref = infer.predict_source(model, src, TINY, chunk=1000)
-    clips = video_stream.RollingClips(model, TINY, mel, chunk=15)
+    src = inference.TrackSource("x", times, np.zeros(30, bool), mel, frames=np.zeros((30, 112, 112, 4), np.uint8))
+    ref = inference.predict_source(model, src, chunk=1000)
+    clips = video_stream.RollingClips(model, mel, chunk=15)
     for t in times:
         clips.push(None, t)
     np.testing.assert_allclose(clips.finish()["logits"], ref["logits"], rtol=0, atol=1e-5)
@@ -78,13 +103,14 @@ class CollectingWriter:
         self.affines.append(np.full((2, 3), np.nan) if affine is None else np.asarray(affine, float))
 
 
-def in_memory_prediction(path: Path, model, clip) -> tuple[infer.TrackSource, CollectingWriter, dict]:
-    writer, times = CollectingWriter(clip.mask), []
-    job = build.VideoJob(str(path), "v", ["v"])
-    build.run_detection(job, build.BuildOptions(masks=(clip.mask,)), {"v": writer}, build.Timer(), times)
+def in_memory_prediction(path: Path, model) -> tuple[inference.TrackSource, CollectingWriter, dict]:
+    mask = model.input_spec.mask
+    writer, times = CollectingWriter(mask), []
+    job = build_plan.VideoJob(str(path), "v", ["v"])
+    build.run_detection(job, build_plan.BuildOptions(masks=(mask,)), {"v": writer}, build.Timer(), times)
     mel = video_stream.read_logmel(str(path), True)
-    src = infer.TrackSource("v", np.asarray(times), np.asarray(writer.face), mel, frames=np.stack(writer.frames))
-    return src, writer, infer.predict_source(model, src, clip, batch_size=8, chunk=20)
+    src = inference.TrackSource("v", np.asarray(times), np.asarray(writer.face), mel, frames=np.stack(writer.frames))
+    return src, writer, inference.predict_source(model, src, batch_size=8, chunk=20)
 
 
 @pytest.mark.slow
@@ -92,15 +118,16 @@ def test_streamed_video_equals_the_in_memory_path(mini_quick, model):
     meta = json.loads((mini_quick / "meta.json").read_text())
     v = next(v for v in meta["videos"] if any(t["faceless_frames"] for t in v["tracks"]) and v["has_audio"])
     path = mini_quick / v["path"]
-    src, writer, ref = in_memory_prediction(path, model, TINY)
-    got = video_stream.predict_video(str(path), model, TINY, batch_size=8, chunk=20, progress=False)
+    src, writer, ref = in_memory_prediction(path, model)
+    got = video_stream.predict_video(str(path), model, batch_size=8, chunk=20, progress=False)
     assert got.has_audio and len(got) == len(src) == v["n_frames"]
     np.testing.assert_array_equal(got.times, src.times)
     np.testing.assert_array_equal(got.face, src.face)
     assert got.face.any() and not got.face.all()
     np.testing.assert_array_equal(got.confidence, writer.confidence)
     np.testing.assert_array_equal(got.affines, np.stack(writer.affines))
-    for key in video_stream.OUTPUT_KEYS:
+    assert sorted(got.preds) == sorted(OUTPUT_KEYS)
+    for key in OUTPUT_KEYS:
         np.testing.assert_allclose(got.preds[key], ref[key], rtol=0, atol=1e-5, err_msg=key)
 
 

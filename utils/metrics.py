@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.annotations import TrackLabels
-from tasks import Edition, au_columns, get_edition
+from tasks import Edition, TrackLabels, au_columns, get_edition
 from utils.atomic import write_json as write_json_atomic
 
 

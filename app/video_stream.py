@@ -3,8 +3,8 @@
 The frames are decoded, tracked and aligned by the database builder's own loop (``data.build.run_detection``)
 and handed to ``StreamWriter`` one at a time; it renders the mask, shrinks the frame to the model's size and
 keeps only a rolling window: the current chunk of ``chunk`` frames plus the (T−1)·d frames of history its
-first clips need. Each full chunk is predicted at once (``utils.infer.predict_chunk``, the same batches as the
-database path), so a crop lives for at most one chunk and its history.
+first samples need. Each full chunk is predicted at once (``app.inference.predict_chunk``, the same batches as
+the database path), so a crop lives for at most one chunk and its history.
 
 What still grows with the length: the audio (decoded whole, 176 KB per second of sound, turned into the
 log-mel of 12.8 KB per second and freed before the frames are decoded) and the small per-frame arrays (time,
@@ -21,38 +21,39 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from app import inference
 from data import audio, masks, video
-from data.clips import CROP, ClipConfig
-from utils import infer
-
-OUTPUT_KEYS = ("va", "expr_prob", "au_prob", "logits")
+from data.reader import padded_mel
+from models.base import model_input
+from utils.inputs import CROP, InputSpec
 
 
 class RollingClips:
     """Frames arrive one at a time; every ``chunk`` frames (and at ``finish``) the chunk is predicted.
 
     The buffer holds the H = (T−1)·d frames before the chunk (zeros before the first frame) and the chunk,
-    exactly the array ``infer.ChunkFrames`` builds from a whole track, so the outputs are the same.
+    exactly the array ``inference.ChunkFrames`` builds from a whole track, so the outputs are the same.
     """
 
-    def __init__(self, model: nn.Module, clip: ClipConfig, mel_db: np.ndarray | None, batch_size: int = 64,
+    def __init__(self, model: nn.Module, mel_db: np.ndarray | None, batch_size: int = 64,
                  chunk: int = 512, device: torch.device | str = "cpu", amp: str = "none",
                  channels_last: bool = False, flip_tta: bool = False):
-        self.model, self.clip, self.chunk = model, clip, chunk
+        self.model, self.spec, self.chunk = model, model_input(model), chunk
         self.batch_size, self.device, self.amp = batch_size, torch.device(device), amp
         self.channels_last, self.flip_tta = channels_last, flip_tta
-        self.history = (clip.clip_len - 1) * clip.dilation
-        self.buffer = np.zeros((self.history + chunk, clip.size, clip.size, 4), np.uint8)
+        spec = self.spec
+        self.history = spec.history
+        self.buffer = np.zeros((self.history + chunk, spec.size, spec.size, spec.channels), np.uint8)
         self.filled = 0  # frames of the current chunk in the buffer
         self.centres: list[int] = []  # log-mel column of every frame so far
         n_columns = 0 if mel_db is None else mel_db.shape[1]
-        # silence after the audio: frames beyond it read the silent last column (infer.audio_batch)
-        self.mel = infer.padded_mel(mel_db, clip.audio_columns, n_columns, self.device)
-        self.outputs: dict[str, list[torch.Tensor]] = {k: [] for k in OUTPUT_KEYS}
+        # silence after the audio: frames beyond it read the silent last column (data.reader.audio_windows)
+        self.mel = padded_mel(mel_db, spec.audio_columns, n_columns, self.device) if spec.has_audio else None
+        self.outputs: dict[str, list[torch.Tensor]] = {}
         model.eval()
 
     def push(self, frame: np.ndarray | None, t: float) -> None:
-        """One frame: uint8 (size, size, 4) RGB + mask at the model's size, or None (no face → zeros)."""
+        """One frame: uint8 (size, size, C) RGB (+ mask) at the model's size, or None (no face → zeros)."""
         row = self.history + self.filled
         if frame is None:
             self.buffer[row] = 0
@@ -68,30 +69,33 @@ class RollingClips:
             return
         host = torch.from_numpy(self.buffer[:self.history + self.filled].copy())
         centres = torch.as_tensor(self.centres[-self.filled:], device=self.device)
-        out = infer.predict_chunk(self.model, host, centres, self.mel, self.clip, self.batch_size, self.device,
-                                  self.amp, self.channels_last, self.flip_tta)
-        for key in OUTPUT_KEYS:
-            self.outputs[key].append(out[key])
+        out = inference.predict_chunk(self.model, host, centres, self.mel, self.batch_size, self.device,
+                                      self.amp, self.channels_last, self.flip_tta)
+        for key, v in out.items():
+            self.outputs.setdefault(key, []).append(v)
         end = self.history + self.filled
         self.buffer[:self.history] = self.buffer[end - self.history:end].copy()  # the next chunk's history
         self.filled = 0
 
     def finish(self) -> dict[str, np.ndarray]:
-        """Predict what is left; the outputs of every frame pushed, in order (``infer`` contract)."""
+        """Predict what is left; the scores of every frame pushed, in order (``app.inference`` contract)."""
         self._predict_chunk()
-        if not self.outputs["va"]:
+        if not self.outputs:
             raise ValueError("no frame was pushed")
         return {k: torch.cat(v).numpy() for k, v in self.outputs.items()}
 
 
-def model_frame(crop: np.ndarray, lm_crop: np.ndarray, mask: str, size: int) -> np.ndarray:
-    """112×112 RGB crop + the mask drawn from its landmarks (as a database reader draws it) → (size, size, 4)."""
-    frame = np.empty((CROP, CROP, 4), np.uint8)
+def model_frame(crop: np.ndarray, lm_crop: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """112×112 RGB crop (+ the mask drawn from its landmarks, as a database reader draws it) → the model's
+    (size, size, C) frame."""
+    frame = np.empty((CROP, CROP, spec.channels), np.uint8)
     frame[..., :3] = crop
-    frame[..., 3] = masks.render(mask, lm_crop)
+    if spec.mask is not None:
+        frame[..., 3] = masks.render(spec.mask, lm_crop)
+    size = spec.size
     if size == CROP:
         return frame
-    return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)  # as data.clips.resize_frames
+    return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)  # as data.reader.resize_frames
 
 
 class StreamWriter:
@@ -111,8 +115,7 @@ class StreamWriter:
             affine: np.ndarray | None = None) -> None:
         if index != len(self.face):
             raise ValueError(f"frame {index} out of order (expected {len(self.face)})")
-        clip = self.clips.clip
-        frame = None if crop is None else model_frame(crop, lm_crop, clip.mask, clip.size)
+        frame = None if crop is None else model_frame(crop, lm_crop, self.clips.spec)
         self.clips.push(frame, self.times[index])
         self.face.append(crop is not None)
         self.confidence.append(conf if crop is not None else 0.0)
@@ -129,7 +132,7 @@ class VideoPrediction:
     face: np.ndarray  # (n,) bool
     confidence: np.ndarray  # (n,) detector confidence, 0 without a face
     affines: np.ndarray  # (n, 2, 3) frame→crop, NaN without a face
-    preds: dict[str, np.ndarray]  # the infer contract
+    preds: dict[str, np.ndarray]  # per-frame scores (the app.inference contract)
     has_audio: bool
 
     def __len__(self) -> int:
@@ -142,22 +145,24 @@ def read_logmel(path: str, has_audio: bool) -> np.ndarray | None:
     return audio.logmel_db(sound, audio.SR) if sound is not None else None
 
 
-def predict_video(path: str, model: nn.Module, clip: ClipConfig, detector: str = "hog", detect_every: int = 5,
+def predict_video(path: str, model: nn.Module, detector: str = "hog", detect_every: int = 5,
                   batch_size: int = 64, chunk: int = 512, device: torch.device | str = "cpu", amp: str = "none",
                   channels_last: bool = False, flip_tta: bool = False, progress: bool = True) -> VideoPrediction:
     """Decode, track the most prominent face, align and predict one video, chunk by chunk."""
-    from data import build
+    from data import build, build_plan
 
     info = video.probe(path)
     mel = read_logmel(path, info.has_audio)
     name = "video"
     times: list[float] = []
-    clips = RollingClips(model, clip, mel, batch_size, chunk, device, amp, channels_last, flip_tta)
+    clips = RollingClips(model, mel, batch_size, chunk, device, amp, channels_last, flip_tta)
+    spec = clips.spec
     with tqdm(total=info.num_frames or None, desc="frames", unit="frame", dynamic_ncols=True,
               disable=not progress) as bar:
         writer = StreamWriter(clips, times, bar)
-        job = build.VideoJob(str(path), name, [name])
-        opts = build.BuildOptions(masks=(clip.mask,), detector=detector, detect_every=detect_every)
+        job = build_plan.VideoJob(str(path), name, [name])
+        opts = build_plan.BuildOptions(masks=(spec.mask,) if spec.mask else (), detector=detector,
+                                       detect_every=detect_every)
         build.run_detection(job, opts, {name: writer}, build.Timer(), times)
     if not times:
         raise ValueError(f"{path}: no frames decoded")

@@ -1,8 +1,10 @@
 """What a person looks at after predicting one video: a per-frame CSV, a timeline plot, an overlay MP4.
 
-Per-frame predictions are plain arrays (the contract of the inference stage):
+Per-frame scores are plain arrays (the contract of the inference stage, ``app.inference``):
 ``{"va": (n, 2) floats in [-1, 1], "expr_prob": (n, C) class probabilities, "au_prob": (n, K) AU
-probabilities}`` plus the class and AU names and the AU decision threshold.
+probabilities}``, with the decisions made of them by the model's decision profile
+(``utils.outputs.decide_layout``: ``{"EXPR": (n,) class index, "AU": (n, K) 0/1}``) and the class and AU
+names. Nothing here decides anything again.
 """
 
 from __future__ import annotations
@@ -32,15 +34,14 @@ def csv_header(expr_names: tuple[str, ...], au_names: tuple[str, ...]) -> list[s
             + [f"p_{n}" for n in au_names] + list(au_names))
 
 
-def prediction_cells(preds: dict[str, np.ndarray] | None, n: int, width: int, expr_names: tuple[str, ...],
-                     au_threshold: float) -> Iterator[list]:
+def prediction_cells(preds: dict[str, np.ndarray] | None, decisions: dict[str, np.ndarray] | None, n: int,
+                     width: int, expr_names: tuple[str, ...]) -> Iterator[list]:
     """Per frame, one row at a time: valence, arousal, expression, class probabilities, AU probabilities,
     AU 0/1; ``width`` empty cells per frame when ``preds`` is None."""
     if preds is None:
         yield from ([""] * width for _ in range(n))
         return
-    expr = preds["expr_prob"].argmax(1)
-    au_on = (preds["au_prob"] >= au_threshold).astype(int)
+    expr, au_on = decisions["EXPR"], decisions["AU"].astype(int)
     for i in range(n):
         yield ([f"{preds['va'][i, 0]:.4f}", f"{preds['va'][i, 1]:.4f}", expr_names[expr[i]]]
                + [f"{p:.4f}" for p in preds["expr_prob"][i]] + [f"{p:.4f}" for p in preds["au_prob"][i]]
@@ -48,8 +49,9 @@ def prediction_cells(preds: dict[str, np.ndarray] | None, n: int, width: int, ex
 
 
 def write_frame_csv(path: str | Path, times: np.ndarray, has_face: np.ndarray, confidence: np.ndarray,
-                    preds: dict[str, np.ndarray] | None, expr_names: tuple[str, ...], au_names: tuple[str, ...],
-                    au_threshold: float = 0.5, face_id: int = 0, has_audio: bool = True) -> Path:
+                    preds: dict[str, np.ndarray] | None, decisions: dict[str, np.ndarray] | None,
+                    expr_names: tuple[str, ...], au_names: tuple[str, ...], face_id: int = 0,
+                    has_audio: bool = True) -> Path:
     """One row per decoded frame, OpenFace-like lead columns, then VA, expression, AU probabilities and 0/1.
 
     ``audio`` is 1 on every row when the video has sound, 0 when the predictions come from the face alone.
@@ -61,7 +63,7 @@ def write_frame_csv(path: str | Path, times: np.ndarray, has_face: np.ndarray, c
             raise ValueError(f"{key} has {len(arr)} rows for {n} frames")
     path = Path(path)
     width = len(csv_header(expr_names, au_names)) - len(CSV_LEAD)
-    cells = prediction_cells(preds, n, width, expr_names, au_threshold)
+    cells = prediction_cells(preds, decisions, n, width, expr_names)
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(csv_header(expr_names, au_names))
@@ -72,7 +74,7 @@ def write_frame_csv(path: str | Path, times: np.ndarray, has_face: np.ndarray, c
 
 
 def plot_timeline(path: str | Path, times: np.ndarray, has_face: np.ndarray, preds: dict[str, np.ndarray],
-                  expr_names: tuple[str, ...], au_names: tuple[str, ...], au_threshold: float = 0.5,
+                  decisions: dict[str, np.ndarray], expr_names: tuple[str, ...], au_names: tuple[str, ...],
                   title: str = "") -> Path:
     """PNG: valence/arousal curves, an expression colour band, an AU raster, faceless frames shaded."""
     import matplotlib
@@ -93,7 +95,7 @@ def plot_timeline(path: str | Path, times: np.ndarray, has_face: np.ndarray, pre
     for a, b in runs(~np.asarray(has_face, bool)):
         for ax in (ax_va, ax_ex, ax_au):
             ax.axvspan(t[a], t[min(b, len(t) - 1)], color="0.85", zorder=0)
-    expr = preds["expr_prob"].argmax(1)
+    expr = decisions["EXPR"]
     colours = np.array([EXPR_COLOURS.get(n, (0, 0, 0)) for n in expr_names], float) / 255
     edges = np.append(t, t[-1] + (t[-1] - t[-2] if len(t) > 1 else 1 / 30))
     ax_ex.pcolormesh(edges, [0, 1], colours[expr][None], shading="flat")
@@ -101,7 +103,7 @@ def plot_timeline(path: str | Path, times: np.ndarray, has_face: np.ndarray, pre
     ax_ex.set_ylabel("EXPR")
     ax_ex.legend(handles=[Patch(color=colours[k], label=n) for k, n in enumerate(expr_names)],
                  loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=len(expr_names), fontsize=7, frameon=False)
-    on = (preds["au_prob"] >= au_threshold).T.astype(float)
+    on = decisions["AU"].T.astype(float)
     ax_au.pcolormesh(edges, np.arange(len(au_names) + 1), on, cmap="Greys", vmin=0, vmax=1, shading="flat")
     ax_au.set_yticks(np.arange(len(au_names)) + 0.5, au_names, fontsize=7)
     ax_au.invert_yaxis()
@@ -155,7 +157,7 @@ def face_boxes(affines: np.ndarray, size: int = 112) -> np.ndarray:
 
 
 def write_overlay(src: str | Path, out: str | Path, boxes: np.ndarray, preds: dict[str, np.ndarray],
-                  expr_names: tuple[str, ...], au_names: tuple[str, ...], au_threshold: float = 0.5) -> Path:
+                  decisions: dict[str, np.ndarray], expr_names: tuple[str, ...], au_names: tuple[str, ...]) -> Path:
     """Re-encode the video (H.264) with boxes and predictions drawn on each frame; the audio is copied.
 
     Frames go to the encoder in presentation order with their presentation timestamps, made strictly
@@ -165,8 +167,7 @@ def write_overlay(src: str | Path, out: str | Path, boxes: np.ndarray, preds: di
     from data.video import presentation_frames  # here: the report's other writers need no decoder
 
     out = Path(out)
-    expr = preds["expr_prob"].argmax(1)
-    au_on = preds["au_prob"] >= au_threshold
+    expr, au_on = decisions["EXPR"], decisions["AU"].astype(bool)
     # closed in reverse: the MP4 is finished before atomic_path renames it into place
     with (atomic_path(out) as tmp, av.open(str(src)) as inp, av.open(str(src)) as sound,
           open_overlay(tmp, inp) as dst):

@@ -1,0 +1,1 @@
+"""The application: training engine, inference, submission and report writing (above data/ and models/)."""

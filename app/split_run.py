@@ -1,0 +1,209 @@
+"""Split mode of test_val_aff2.py: every source frame of every track of a split, as submission files.
+
+Every frame goes through the one inference path (``app.inference``: batched samples over the database,
+each crop decoded once), the model's decision profile maps its scores to the edition's outputs
+(``utils.outputs.decide``), and the edition's submission files are written together with the raw per-frame
+scores, checked with the submission checker, and on val scored with the official metrics. Frames without
+a face keep the model's own prediction unless ``--faceless fill``. Track names from the database become
+file names only after ``utils.paths.safe_component`` accepted them.
+
+The files are written as one set (``utils.output_set``): staged in a hidden folder inside ``--out``, moved
+into place together once complete, replacing only the files of the same kind of an earlier run; whatever
+else ``--out`` holds is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from app import inference
+from app.submission import check_submission, score_submission, write_per_video, write_single_file
+from data.annotations import read_test_lists
+from data.reader import open_store
+from data.tracks import split_tracks, stored_tracks, unlabelled_tracks
+from models.base import model_layout
+from models.registry import load_model
+from tasks import BLOCK_OF_TASK, TASKS, VAL_SPLIT, Edition, MissingAUError, OutputLayout, get_edition, layout_au_columns
+from utils.dist import pick_device
+from utils.metrics import format_scores, write_json
+from utils.output_set import OutputSet
+from utils.outputs import decide
+from utils.paths import safe_component
+from utils.tables import print_table
+
+SPLIT_FAMILY = ["submission", "raw", "scores.json"]  # what a split run writes into --out
+
+
+class PredictError(ValueError):
+    """Unusable input for prediction (one line, naming what is wrong)."""
+
+
+def load_checkpoint_model(path: str, device: torch.device) -> torch.nn.Module:
+    """The model of a checkpoint (train.py's, or a published file) on ``device``, in eval mode."""
+    return load_model(path).to(device)
+
+
+def check_serves(layout: OutputLayout, edition: Edition) -> None:
+    """PredictError when the layout lacks an AU the edition scores."""
+    if not layout.has("au"):
+        return
+    try:
+        layout_au_columns(layout, edition)
+    except MissingAUError as e:
+        raise PredictError(f"a checkpoint with layout {layout.name!r} cannot serve {edition.name}: it has no "
+                           f"output for {','.join(e.missing)}") from None
+
+
+def served_tasks(wanted: dict[str, list[str]], layout: OutputLayout) -> dict[str, list[str]]:
+    """The split's tasks the layout has outputs for (a model may have only some tasks); none is an error."""
+    served = {task: ts for task, ts in wanted.items() if layout.has(BLOCK_OF_TASK[task])}
+    if not served:
+        raise PredictError(f"a checkpoint with layout {layout.name!r} has no output for the tasks of this split "
+                           f"({', '.join(wanted)})")
+    return served
+
+
+def post_process(preds: dict[str, np.ndarray], face: np.ndarray, args: argparse.Namespace) -> dict[str, np.ndarray]:
+    """The writers' options on per-frame scores: ``--faceless fill``, then ``--smooth``."""
+    if args.faceless == "fill":
+        preds = inference.fill_faceless(preds, face)
+    return inference.smooth(preds, args.smooth)
+
+
+def test_tracks(db_path: str, test_lists: list[str]) -> dict[str, list[str]]:
+    """{task: tracks} for the test split: from the lists (task from the file name), else every unlabelled track."""
+    db = open_store(db_path)
+    if not test_lists:
+        unlabelled = unlabelled_tracks(db)
+        return {task: unlabelled for task in TASKS} if unlabelled else {}
+    in_db = {t.name for t in stored_tracks(db)}
+    out: dict[str, set[str]] = {}
+    for f in test_lists:
+        listed = read_test_lists([f])
+        missing = sorted(t for t in listed if t not in in_db)
+        if missing:
+            raise PredictError(f"{f}: tracks not in {db_path}: {', '.join(missing[:10])}")
+        for track, tasks in listed.items():
+            for task in tasks:
+                out.setdefault(task, set()).add(track)
+    return {task: sorted(out[task]) for task in TASKS if task in out}
+
+
+def tracks_of_split(db_path: str, split: str, test_lists: list[str]) -> dict[str, list[str]]:
+    wanted = split_tracks(open_store(db_path), VAL_SPLIT) if split == "val" else test_tracks(db_path, test_lists)
+    if not wanted:
+        raise PredictError(f"{db_path}: no track in the {split} split")
+    return wanted
+
+
+def check_track_names(tracks: list[str], db_path: str) -> None:
+    """Every track name must be one plain path component before it names a file (one-line error)."""
+    for t in tracks:
+        safe_component(t, f"{db_path}: track name")
+
+
+def split_user_paths(args: argparse.Namespace) -> dict[str, str]:
+    """The paths a split run reads: none of them may be replaced by its output set."""
+    paths = {"--db": args.db, "--checkpoint": args.checkpoint, "--annotations": args.annotations}
+    paths.update({f"--test-lists {f}": f for f in args.test_lists})
+    return paths
+
+
+def legacy_split_staging(out: Path) -> Path:
+    """Where earlier versions assembled the output (beside it); a killed run left it behind."""
+    out = out.resolve()
+    return out.with_name(f".{out.name}.partial")
+
+
+def write_submission(folder: Path, preds: dict[str, dict[str, np.ndarray]], edition: Edition, fmt: str) -> Path:
+    if fmt == "per-video":
+        return write_per_video(folder, preds, edition)
+    folder.mkdir(parents=True, exist_ok=True)
+    for task, tracks in preds.items():
+        write_single_file(folder / f"{task}_predictions.txt", task, tracks)
+    return folder
+
+
+def run_split(args: argparse.Namespace) -> dict:
+    """The split mode; returns {'out', 'frames', 'seconds', 'problems', 'scores'}."""
+    device = pick_device(args.device)
+    model = load_checkpoint_model(args.checkpoint, device)
+    layout = model_layout(model)
+    edition = get_edition(args.edition)
+    check_serves(layout, edition)  # fail before any work
+    wanted = served_tasks(tracks_of_split(args.db, args.split, args.test_lists), layout)
+    if args.tracks is not None:
+        unknown = sorted(set(args.tracks) - {t for ts in wanted.values() for t in ts})
+        if unknown:
+            raise PredictError(f"--tracks: not in the {args.split} split of {args.db}: {', '.join(unknown)}")
+        wanted = {task: [t for t in ts if t in args.tracks] for task, ts in wanted.items()}
+        wanted = {task: ts for task, ts in wanted.items() if ts}
+    tracks = sorted({t for ts in wanted.values() for t in ts})
+    check_track_names(tracks, args.db)
+    out = Path(args.out)
+    outputs = OutputSet(out, "split", SPLIT_FAMILY, split_user_paths(args),
+                        legacy=[legacy_split_staging(out)])
+    with outputs as staging:
+        subs, rows, frames, seconds = predict_tracks(args, model, device, edition, wanted, tracks, staging)
+        write_submission(staging / "submission", subs, edition, args.format)
+        expected = {task: {t: len(subs[task][t]) for t in ts} for task, ts in wanted.items()}
+        problems = check_submission(staging / "submission", edition, expected)
+        written = ["submission"] + ([] if args.no_raw else ["raw"])
+        scores = None
+        if args.split == "val":  # scored before anything is swapped in: a failure leaves the old output
+            scores = score_submission(staging / "submission", args.annotations, edition, VAL_SPLIT)
+            write_json(scores, staging / "scores.json")
+            written.append("scores.json")
+        outputs.publish(written)
+    print_table(["track", "frames", "faces", "seconds", "frames/s"], rows)
+    print(f"\n{len(tracks)} tracks, {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s) → "
+          f"{out / 'submission'}; checker: {len(problems)} problem(s)")
+    for p in problems:
+        print(p)
+    result = {"out": str(out), "frames": frames, "seconds": seconds, "problems": [str(p) for p in problems]}
+    if scores is not None:
+        print(format_scores(scores))
+        result["scores"] = scores
+    return result
+
+
+def predict_tracks(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, edition: Edition,
+                   wanted: dict[str, list[str]], tracks: list[str], staging: Path
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], list[list], int, float]:
+    """Predict every track; raw scores go to ``staging/raw``. Returns (per task and track the edition's
+    decisions, the table rows, frames, seconds)."""
+    layout = model_layout(model)
+    subs: dict[str, dict[str, np.ndarray]] = {task: {} for task in wanted}
+    rows, frames, t0 = [], 0, time.perf_counter()
+    for track in tqdm(tracks, desc=f"predict {args.split}", unit="track", dynamic_ncols=True):
+        t1 = time.perf_counter()
+        source = inference.db_track_source(args.db, track)
+        preds = inference.predict_source(model, source, batch_size=args.batch_size, chunk=args.chunk,
+                                         workers=args.workers, device=device, amp=args.amp,
+                                         channels_last=args.channels_last, flip_tta=args.flip_tta)
+        preds = post_process(preds, source.face, args)
+        decoded = decide(preds, layout, edition, model.decision, args.au_threshold)
+        for task, ts in wanted.items():
+            if track in ts:
+                subs[task][track] = decoded[task]
+        if not args.no_raw:
+            save_npz(staging / "raw" / f"{track}.npz", preds, source.times, source.face, layout)
+        seconds = time.perf_counter() - t1
+        frames += len(source)
+        rows.append([track, len(source), int(source.face.sum()), f"{seconds:.1f}", f"{len(source) / seconds:.1f}"])
+    return subs, rows, frames, time.perf_counter() - t0
+
+
+def save_npz(path: Path, preds: dict[str, np.ndarray], times: np.ndarray, face: np.ndarray,
+             layout: OutputLayout) -> Path:
+    """Raw per-frame outputs for ensembling: logits, probabilities, VA, frame times and face flags."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, times=times, face=face, layout=layout.name,
+                        expr_names=np.array(layout.expr_names), au_names=np.array(layout.au_names), **preds)
+    return path

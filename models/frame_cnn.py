@@ -1,0 +1,80 @@
+"""A per-frame model: torchvision ResNet-18 on one aligned face, one linear head over the layout's outputs.
+
+The simplest system of the codebase and the shape of the frame-level systems (EMMA, CoTEX, DTM): it
+declares the ``frame`` input kind, so the dataset serves it one uint8 RGB crop per sample — no mask
+channel, no audio window — and its ``prepare`` hook scales, colour-jitters and normalises with the
+ImageNet statistics on the device. ImageNet weights come from a local torchvision ``resnet18`` state dict
+(``--backbone-init``); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet18
+
+from models.base import AffectModel
+from models.prepare import jitter_rgb, normalise, to_unit
+from tasks import OutputLayout, get_layout
+from utils.checkpoint import CheckpointError, read_state_dict
+from utils.inputs import JITTER, PIXELS, TEACHER_JITTER, InputSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FEATURES = 512
+
+
+class FrameResNet(AffectModel):
+    """ResNet-18 trunk (``backbone``) → Dropout → Linear(512, K) (``head``); returns B×K, no activation."""
+
+    arch = "resnet18"
+
+    def __init__(self, layout: str | OutputLayout = "abaw2021", dropout: float = 0.0,
+                 input_spec: InputSpec | None = None) -> None:
+        super().__init__()
+        spec = input_spec or InputSpec.frame(size=112)
+        if spec.kind != "frame" or spec.mask is not None:
+            raise ValueError(f"{self.arch} takes one RGB frame (input kind 'frame', no mask), not {spec}")
+        self.input_spec = spec
+        self.layout = get_layout(layout)
+        self.backbone = resnet18(weights=None)
+        self.backbone.fc = nn.Identity()
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(FEATURES, self.layout.num_outputs))
+
+    def prepare(self, raw: Mapping[str, Tensor], device: torch.device, view: str = "student",
+                channels_last: bool = False) -> dict[str, Tensor]:
+        """B×3×S×S uint8 → {'image': normalised float}, jittered with the view's drawn factors when given."""
+        image = to_unit(raw[PIXELS], device)
+        key = TEACHER_JITTER if view == "teacher" else JITTER
+        if key in raw:
+            image = jitter_rgb(image.unsqueeze(1), raw[key]).squeeze(1)
+        image = normalise(image, IMAGENET_MEAN, IMAGENET_STD, channel_dim=1)
+        if channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return {"image": image}
+
+    def to_channels_last(self) -> FrameResNet:
+        self.backbone.to(memory_format=torch.channels_last)
+        return self
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        return self.head(self.backbone(inputs["image"]))
+
+
+def detect_frame_resnet(state: Mapping[str, Tensor]) -> bool:
+    return "head.1.weight" in state and "backbone.conv1.weight" in state
+
+
+@torch.no_grad()
+def init_backbone_from(model: FrameResNet, path: str | Path) -> None:
+    """Load a torchvision resnet18 state dict (ImageNet) into the trunk; its fc is dropped, the head stays fresh."""
+    path = Path(path)
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
+    result = model.backbone.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        bad = result.missing_keys + result.unexpected_keys
+        raise CheckpointError(f"{path}: not a torchvision resnet18 state dict ({len(result.missing_keys)} missing, "
+                              f"{len(result.unexpected_keys)} unexpected keys, e.g. {', '.join(bad[:3])})")

@@ -1,0 +1,123 @@
+"""Every model of the codebase by name: build a fresh one, or load one from any checkpoint it comes in.
+
+A family registers its class (which declares the plug-in hooks of ``models.base``), how to recognise its
+state dicts, the output layout of a published file without a stored layout, and its default input. A new
+system adds one entry here and its own modules; nothing else in the engine or inference changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from models import frame_cnn, tsav, tsav_weights
+from tasks import OutputLayout, get_layout, layout_for_num_outputs
+from utils.checkpoint import CheckpointError, check_keys, read_checkpoint, state_dict_of
+from utils.inputs import InputSpec
+
+
+@dataclass(frozen=True)
+class Family:
+    cls: type[nn.Module]
+    detect: Callable[[Mapping[str, Tensor]], bool]
+    infer_layout: Callable[[Mapping[str, Tensor], str | Path], OutputLayout]
+    default_input: Callable[[], InputSpec]
+
+
+def _frame_layout(state: Mapping[str, Tensor], path: str | Path) -> OutputLayout:
+    layout = layout_for_num_outputs(state["head.1.weight"].shape[0])
+    if layout is None:
+        raise CheckpointError(f"{path}: unknown output layout for {state['head.1.weight'].shape[0]} outputs "
+                              "(pass layout=...)")
+    return layout
+
+
+MODELS: dict[str, Family] = {
+    "tsav": Family(tsav.TwoStreamAuralVisualModel, lambda s: tsav_weights.detect_arch(s) == "tsav",
+                   lambda s, p: tsav_weights.infer_layout("tsav", s, p), lambda: tsav.default_input("tsav")),
+    "mtmt": Family(tsav.TwoStreamAuralVisualSelfCure, lambda s: tsav_weights.detect_arch(s) == "mtmt",
+                   lambda s, p: tsav_weights.infer_layout("mtmt", s, p), lambda: tsav.default_input("mtmt")),
+    "resnet18": Family(frame_cnn.FrameResNet, frame_cnn.detect_frame_resnet, _frame_layout,
+                       lambda: InputSpec.frame(size=112)),
+}
+
+
+def input_kind(name: str) -> str:
+    """The input kind a model family takes (before any geometry flag)."""
+    return _family(name).default_input().kind
+
+
+def _family(name: str) -> Family:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+    return MODELS[name]
+
+
+def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, input_spec: InputSpec | None = None,
+                video_init: str | Path | None = None, audio_init: str | Path | None = None,
+                backbone_init: str | Path | None = None) -> nn.Module:
+    """A fresh model ``name`` for ``layout`` and ``input_spec`` (its family's default when None), optionally
+    initialised from local torchvision weight files (Kinetics/ImageNet)."""
+    family = _family(name)
+    model = family.cls(layout=layout, dropout=dropout, input_spec=input_spec or family.default_input())
+    inits = {"video_init": video_init, "audio_init": audio_init, "backbone_init": backbone_init}
+    given = [k for k, v in inits.items() if v]
+    if name in ("tsav", "mtmt"):
+        if backbone_init:
+            raise ValueError(f"--backbone-init is for frame models; {name} takes --video-init/--audio-init")
+        if video_init:
+            tsav_weights.init_video_from(model, video_init)
+        if audio_init:
+            tsav_weights.init_audio_from(model, audio_init)
+    elif given:
+        if video_init or audio_init:
+            raise ValueError(f"--video-init/--audio-init are for tsav/mtmt; {name} takes --backbone-init")
+        frame_cnn.init_backbone_from(model, backbone_init)
+    return model
+
+
+def detect_family(state: Mapping[str, Tensor]) -> str | None:
+    return next((name for name, f in MODELS.items() if f.detect(state)), None)
+
+
+def stored_input(obj) -> InputSpec | None:
+    """The input settings a train.py checkpoint stores ('input', or 'clip' in files of earlier versions)."""
+    if not isinstance(obj, Mapping):
+        return None
+    stored = obj.get("input", obj.get("clip"))
+    return InputSpec.from_dict(stored) if isinstance(stored, Mapping) else None
+
+
+def load_model(path: str | Path, layout: str | OutputLayout | None = None, trust_pickle: bool = False) -> nn.Module:
+    """Any model checkpoint (train.py's best/last, or a published file) → the model, loaded strictly, eval, CPU.
+
+    The family comes from the file's 'arch' entry or its keys; the layout from ``layout``, else the file's
+    'layout' entry, else the head sizes; the input from the file's settings, else the family's published one.
+    """
+    path = Path(path)
+    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    state = state_dict_of(obj, path)
+    arch = obj.get("arch") if isinstance(obj, Mapping) and obj.get("arch") in MODELS else detect_family(state)
+    if arch is None:
+        raise CheckpointError(f"{path}: unknown checkpoint layout (not a {', '.join(MODELS)} state dict: e.g. "
+                              "TSAV 'fc.1.*' or MTMT 'fc_ex.1.*'/'SELayerC' keys)")
+    family = MODELS[arch]
+    if layout is None:  # our own training checkpoints record their layout next to the weights
+        stored = obj.get("layout") if isinstance(obj, Mapping) else None
+        layout = stored if isinstance(stored, str) else family.infer_layout(state, path)
+    try:
+        layout = get_layout(layout)
+        spec = stored_input(obj) or family.default_input()
+        with torch.device("meta"):  # no random init: every tensor comes from the file
+            model = family.cls(layout=layout, input_spec=spec)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    expected = model.state_dict()
+    check_keys(expected, state, path, f"{arch} with layout {layout.name!r}")
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval()

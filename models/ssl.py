@@ -1,0 +1,126 @@
+"""Semi-supervised methods as plug-ins of the training engine (``--ssl``).
+
+A method may ask the dataset for extra views of a sample (``teacher_view``), may want frames without
+any label drawn too (``uses_unlabelled``), adds its loss terms to the supervised loss of a batch
+(``extra_loss``), acts after every optimiser step (``after_step``), may offer another model to validate and
+save (``evaluated``), and keeps a state that checkpoints store and ``--resume`` restores. Today:
+
+- ``none``: supervised training only;
+- ``mean_teacher`` (MTMT, ABAW 2021): an EMA teacher of the student (``models.mean_teacher``); with
+  ``--consistency-weight`` > 0 the student also matches the teacher's outputs on its own view of the same
+  frames (on the entries without a label, or all of them), ramped up over ``--rampup-epochs``; with weight
+  0 it is only a steadier model to validate.
+
+Pseudo-labelling and co-training plug in the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+
+from torch import Tensor, nn
+
+from models.base import unwrap_model
+from models.mean_teacher import MeanTeacher, consistency_loss, sigmoid_rampup
+from tasks import OutputLayout
+
+
+class Supervised:
+    """``--ssl none``: no extra view, no extra term, the student is the model."""
+
+    name = "none"
+    teacher_view = False
+    uses_unlabelled = False
+    default_select = "student"
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace) -> None:
+        self.args = args
+
+    def extra_loss(self, out: Tensor | tuple, raw: Mapping[str, Tensor], prepare: Callable[[str], dict],
+                   valid: Mapping[str, Tensor], layout: OutputLayout, weights: Mapping[str, float],
+                   epoch_progress: float, autocast) -> tuple[Tensor | None, dict]:
+        """(term to add to the batch loss or None, logs). ``prepare(view)`` gives the model inputs of a view."""
+        return None, {}
+
+    def after_step(self, model: nn.Module) -> None:
+        pass
+
+    def models(self) -> dict[str, nn.Module]:
+        """Models besides the student that the method keeps (their buffers are synchronised across ranks)."""
+        return {}
+
+    def evaluated(self, model: nn.Module, select: str) -> nn.Module:
+        return unwrap_model(model)
+
+    def checkpoint_entries(self) -> dict:
+        return {}
+
+    def restore(self, ckpt: Mapping) -> None:
+        pass
+
+    @staticmethod
+    def check_resume(ckpt: Mapping) -> str | None:
+        """A reason the checkpoint was not saved by this method, or None."""
+        if ckpt.get("teacher") is not None:
+            return "saved with a mean teacher"
+        return None
+
+
+class MeanTeacherMethod(Supervised):
+    name = "mean_teacher"
+    teacher_view = True
+    uses_unlabelled = True  # frames without labels still teach through the consistency term
+    default_select = "teacher"
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace) -> None:
+        super().__init__(model, args)
+        self.teacher = MeanTeacher(model, args.ema_decay)
+
+    def extra_loss(self, out, raw, prepare, valid, layout, weights, epoch_progress, autocast):
+        args = self.args
+        if args.consistency_weight <= 0:  # the teacher is only an EMA model
+            return None, {}
+        with autocast():
+            t_out = self.teacher(prepare("teacher"))
+        # MTMT's formula ramps the self-cure rank term together with the consistency terms.
+        cons, _ = consistency_loss(out, t_out, valid, layout, only_missing=args.consistency == "missing",
+                                   weights=weights, rank_weight=args.rank_weight, au_reduction=args.au_reduction)
+        weight = sigmoid_rampup(epoch_progress, args.consistency_weight, args.rampup_epochs)
+        return weight * cons, {"consistency": cons.detach(), "consistency_weight": weight}
+
+    def after_step(self, model: nn.Module) -> None:
+        self.teacher.update(model)
+
+    def models(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher.teacher}
+
+    def evaluated(self, model: nn.Module, select: str) -> nn.Module:
+        return self.teacher.teacher if select == "teacher" else unwrap_model(model)
+
+    def checkpoint_entries(self) -> dict:
+        return {"teacher": self.teacher.state_dict()}
+
+    def restore(self, ckpt: Mapping) -> None:
+        self.teacher.load_state_dict(ckpt["teacher"])
+
+    @staticmethod
+    def check_resume(ckpt: Mapping) -> str | None:
+        return None if ckpt.get("teacher") is not None else "saved without a mean teacher"
+
+
+METHODS: dict[str, type[Supervised]] = {"none": Supervised, "mean_teacher": MeanTeacherMethod}
+
+
+def build_method(name: str, model: nn.Module, args: argparse.Namespace) -> Supervised:
+    if name not in METHODS:
+        raise ValueError(f"unknown semi-supervised method {name!r} (known: {', '.join(METHODS)})")
+    return METHODS[name](model, args)
+
+
+def uses_teacher_view(name: str) -> bool:
+    return METHODS[name].teacher_view
+
+
+def default_select(name: str) -> str:
+    return METHODS[name].default_select
