@@ -177,7 +177,7 @@ _probability = _number(float, 0.0, 1.0)
 
 
 def _task_weights(text: str) -> str:
-    """argparse type of --task-weights: checked here, kept as text (utils.engine parses it again)."""
+    """argparse type of --task-weights: checked here, kept as text (app.training parses it again)."""
     try:
         tasks.parse_task_weights(text)
     except ValueError as e:
@@ -190,7 +190,7 @@ def train_parser() -> argparse.ArgumentParser:
     p = _OneLineErrors(
         description="Train the two-stream aural-visual model (TSAV) or its MTMT variant on the LMDB database, "
         "optionally with the multi-task mean teacher. Launch with torchrun for several GPUs/nodes. "
-        "@FILE reads flags from a file (e.g. shs/demo_train.args): one or more per line, # comments.",
+        "@FILE reads flags from a file (e.g. shs/demo_tsav.args): one or more per line, # comments.",
         fromfile_prefix_chars="@")
     p.convert_arg_line_to_args = _args_of_line
     g = p.add_argument_group("data")

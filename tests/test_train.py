@@ -276,8 +276,8 @@ def current_schema(db: Path) -> bool:
 
 
 def demo_args_file() -> Path:
-    """The demo's train.py flags (shs/demo_tsav.args; shs/demo_train.args before the demo had several models)."""
-    return next(p for p in (ROOT / "shs" / "demo_tsav.args", ROOT / "shs" / "demo_train.args") if p.is_file())
+    """The train.py flags of the TSAV demo (bash shs/demo.sh)."""
+    return ROOT / "shs" / "demo_tsav.args"
 
 
 @pytest.mark.slow
