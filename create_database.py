@@ -38,9 +38,12 @@ def run_report(db_path: str, json_path: str | None, verify: bool = False) -> int
         if db.schema() is None:
             raise UsageError(f"{db_path}: not a database built by create_database.py (no schema record)")
         rep = store_report.report(db)
+        for v in rep["videos"].values():  # whether the PCM that --audio-window reference needs is stored
+            v["pcm"] = bool((db.video_meta(v["video"]) or {}).get("pcm", False))
         checked = verify_videos(db, db.video_names()) if verify else {}
-    header = ["track", "frames", "faces", "audio", "valid labels", "status", "sha256"]
+    header = ["track", "frames", "faces", "audio", "pcm", "valid labels", "status", "sha256"]
     rows = [[t, v["frames"], v["faces"], "yes" if v["audio"] else "no",
+             ("yes" if v["pcm"] else "no") if v["audio"] else "-",
              " ".join(f"{k}:{n}" for k, n in sorted(v["labels"].items())) or "-", v["status"][:40],
              v["sha256"][:12]] for t, v in sorted(rep["videos"].items())]
     if verify:
@@ -120,7 +123,8 @@ def run(args) -> int:
     jobs = build_plan.select_shard(jobs, args.shard or (0, 1))[: args.limit]
     options = build_plan.BuildOptions(masks=kinds, detector=args.detector, detect_every=args.detect_every,
                                       limit_frames=args.limit_frames, crop_format=args.crop_format,
-                                      crop_quality=args.crop_quality, chunk_bytes=int(args.chunk_mb * 2**20))
+                                      crop_quality=args.crop_quality, chunk_bytes=int(args.chunk_mb * 2**20),
+                                      store_pcm=args.store_pcm)
     t0 = time.perf_counter()
     metas = build.build(jobs, args.out, options, workers=args.workers, verify=args.verify)
     if not metas:

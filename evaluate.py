@@ -2,9 +2,11 @@
 
     python evaluate.py --pred SUBMISSION --annotations DIR --edition abaw2021 [--json scores.json] [--allow-partial]
     python evaluate.py --check SUBMISSION --annotations DIR --edition abaw3 [--videos DIR ...]
+    python evaluate.py --compare A B --edition abaw2021 [--json agreement.json]
 
-Exit codes: 0 ok; 1 --check found problems; 2 wrong usage or unreadable inputs (a missing submission, a
-partial one given to --pred without --allow-partial).
+Exit codes: 0 ok (for --compare: compared, whatever the agreement); 1 --check found problems; 2 wrong usage
+or unreadable inputs (a missing submission, a partial one given to --pred without --allow-partial, a
+submission compared with raw outputs).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from pathlib import Path
 
 from app.submission import check_submission, expected_for_check, score_submission
+from app.submission.compare import compare_sets, print_comparison
 from opts import evaluate_parser
 from utils.metrics import format_scores, write_json
 
@@ -37,15 +40,25 @@ def run_score(args) -> int:
     return 0
 
 
+def run_compare(args) -> int:
+    result = compare_sets(args.compare[0], args.compare[1], args.edition)
+    print_comparison(result)
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = evaluate_parser()
     args = parser.parse_args(argv)
-    if args.pred and (args.videos is not None or args.test_list is not None):
+    if not args.check and (args.videos is not None or args.test_list is not None):
         parser.error("--videos and --test-list only apply to --check")
-    if args.check and args.allow_partial:
+    if not args.pred and args.allow_partial:
         parser.error("--allow-partial only applies to --pred")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
+        if args.compare:
+            return run_compare(args)
         return run_check(args) if args.check else run_score(args)
     except (OSError, ValueError) as e:  # AnnotationError and SubmissionError are ValueErrors
         print(f"evaluate.py: error: {e}", file=sys.stderr)

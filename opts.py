@@ -31,14 +31,19 @@ def evaluate_parser() -> argparse.ArgumentParser:
                       "or one single-file submission (2023+ per track, or MTL)")
     what.add_argument("--check", metavar="PATH", help="check this submission (folder or file) and report "
                       "every problem with file and line; exit code 1 if there is any")
+    what.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                      help="per-task agreement of two prediction sets (submission folders or files, or raw/ "
+                      "folders of test_val_aff2.py .npz outputs): EXPR/AU equal fraction, VA max |difference|")
     p.add_argument("--annotations", default=DEFAULT_ANNOTATIONS,
                    help="folder holding the task folders (VA_Set/EXPR_Set/AU_Set or the 2022+ names) "
                    "or the multi-task annotation files")
     p.add_argument("--edition", choices=EDITIONS, default="abaw2021",
-                   help="which edition's metrics, class count and AU set to use")
+                   help="which edition's metrics, class count and AU set to use (with --compare: how to read "
+                   "per-video files and how many EXPR classes raw outputs have)")
     p.add_argument("--split", default=tasks.VAL_SPLIT,
                    help="annotation split to score against (Validation_Set or Train_Set)")
-    p.add_argument("--json", default=None, help="also write the scores as JSON to this file")
+    p.add_argument("--json", default=None,
+                   help="also write the scores (with --compare: the agreement) as JSON to this file")
     p.add_argument("--allow-partial", action="store_true",
                    help="with --pred: score a submission that leaves labelled frames of some tracks without a "
                    "prediction (by default an error: see README, Scoring)")
@@ -126,6 +131,9 @@ def create_database_parser() -> argparse.ArgumentParser:
                    help="import official cropped_aligned/<track>/%%05d.jpg crops instead of detecting faces")
     p.add_argument("--tsav-alignment", default=None,
                    help="import TSAV alignment pickles, one per track: <track>.pkl or <track>_alignment_mask.pkl")
+    p.add_argument("--store-pcm", action="store_true",
+                   help="also store each video's 44.1 kHz mono PCM (int16, ~88 KB per second of video): what "
+                        "--audio-window reference (TSAV's per-frame audio computation) needs")
     p.add_argument("--limit", type=_positive_int, default=None,
                    help="process only the first N videos by name (after --shard)")
     p.add_argument("--limit-frames", type=_positive_int, default=None,
@@ -211,6 +219,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-len", type=_positive_int, default=8, help="frames per clip (the labelled frame last)")
     g.add_argument("--dilation", type=_positive_int, default=6, help="spacing of the clip's frames, in source frames")
     g.add_argument("--audio-seconds", type=_positive, default=10.0, help="length of the centred log-mel window")
+    g.add_argument("--audio-window", default="centred", choices=("centred", "reference"),
+                   help="centred: a slice of the video's log-mel centred on the frame (ours); reference: TSAV's "
+                        "per-frame mel of the waveform, shifted near the start and end (needs --store-pcm)")
     g.add_argument("--workers", type=_count, default=4, help="DataLoader worker processes per training process")
     g = p.add_argument_group("sampling and augmentation")
     g.add_argument("--samples-per-epoch", type=_count, default=0,
@@ -254,6 +265,18 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--consistency-weight", type=_amount, default=0.4,
                    help="maximum consistency weight (0: no consistency, the teacher is just an EMA of the weights)")
     g.add_argument("--rampup-epochs", type=_amount, default=15, help="sigmoid ramp-up length of the consistency weight")
+    g.add_argument("--rampup-by", default="step", choices=("step", "epoch"),
+                   help="ramp the consistency weight by the fractional epoch of each step (ours) or by the whole "
+                        "epoch number (MTMT's code)")
+    g.add_argument("--teacher-bn", default="eval", choices=("eval", "train"),
+                   help="BatchNorm of the teacher when it makes its targets: running statistics (ours) or batch "
+                        "statistics (MTMT's code)")
+    g.add_argument("--ccc-loss", default="ours", choices=("ours", "reference"),
+                   help="VA loss 1 - CCC over the valid entries with population statistics (ours), or MTMT's: "
+                        "unbiased variances, covariance of the valid entries divided by the whole batch size")
+    g.add_argument("--expr-loss-classes", type=int, default=0, choices=(0, 8),
+                   help="EXPR cross-entropy over the classes served (0, ours) or over all 8 logits of the mtmt "
+                        "layout with the unused slot ignored as a target (8, MTMT's code)")
     g.add_argument("--ema-decay", type=_probability, default=0.99,
                    help="teacher EMA decay (after the 1-1/(step+1) warm-up)")
     g.add_argument("--rank-weight", type=_amount, default=12.0, help="weight of the self-cure rank term (mtmt model)")
@@ -286,10 +309,13 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=_amount, default=0.0,
                    help="clip the norm of the whole gradient (all groups, after AMP unscaling) to this (0: off)")
     g.add_argument("--patience", type=_count, default=10,
-                   help="stop after this many epochs without a better validation score (0: never)")
+                   help="stop after this many validations without a better score (0: never)")
     g = p.add_argument_group("validation")
     g.add_argument("--val-samples", type=_count, default=0,
                    help="validate on a fixed seeded subset of this many labelled frames (0: all of them)")
+    g.add_argument("--eval-every", type=_positive_int, default=1,
+                   help="validate (after the precise-BN pass) every N epochs and after the last one; last.pth is "
+                   "still written every epoch. --patience counts validations")
     g.add_argument("--eval-batch-size", type=_positive_int, default=64, help="clips per validation step")
     g.add_argument("--precise-bn", type=_count, default=0,
                    help="before validating, recompute BatchNorm statistics of the validated model over this many "
@@ -350,6 +376,12 @@ def test_parser() -> argparse.ArgumentParser:
                    help="average the outputs of each clip and its mirror image (off by default)")
     p.add_argument("--smooth", type=_positive_int, default=1,
                    help="centred moving average over N frames of VA and the probabilities (1 = off)")
+    p.add_argument("--decision", default="auto", choices=("auto", "default", "tsav2020", "mtmt2021"),
+                   help="how raw outputs become VA, EXPR and AU (auto: a published checkpoint's own authors' "
+                        "rule, ours otherwise; see README, decision profiles)")
+    p.add_argument("--audio-window", default="auto", choices=("auto", "centred", "reference"),
+                   help="audio input (auto: what the checkpoint was trained with; reference for a published "
+                        "checkpoint: TSAV's per-frame mel of the waveform)")
     p.add_argument("--au-threshold", type=_probability, default=0.5,
                    help="AU probability threshold for 0/1 outputs (0 to 1)")
     p.add_argument("--faceless", choices=("model", "fill"), default="model",

@@ -6,7 +6,9 @@ hold frames to predict (the targets: every frame, or e.g. the validation frames)
 targets' own frames and the earlier frames their samples reach back to (``InputSpec.history``) — are
 decoded once, by DataLoader workers, and every sample of the chunk is a gather from that array
 (``data.reader.gather_pixels``), laid out exactly as the dataset lays out one sample. Audio windows (the
-clip+audio kind) are gathered from the per-video log-mel padded with silence, on the model's device. The
+clip+audio kind) are gathered from the per-video log-mel padded with silence, on the model's device; for a
+spec with ``audio_window == 'reference'`` they are computed there from the track's int16 PCM at each frame's
+own time (``data.pcm.ReferenceWindows``, the numbers of ``data.audio.reference_window_db``). The
 model's ``prepare`` hook then makes its inputs, and ``utils.outputs.output_scores`` (its decision profile)
 turns the outputs into scores.
 
@@ -22,7 +24,7 @@ Per-frame scores (the contract with the writers): ``{"va": (n, 2) in [−1, 1], 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from data import audio, store
+from data.pcm import MissingPcmError, ReferenceWindows, missing_pcm_message, read_pcm
 from data.reader import (
     audio_windows,
     flip_frames,
@@ -72,6 +75,8 @@ class TrackSource:
     mel_db: np.ndarray | None  # (64, T) float16 dB, None without audio
     db_path: str | None = None  # read crops from this LMDB ...
     frames: np.ndarray | None = None  # ... or from (n, 112, 112, 4) uint8 RGB + mask in memory
+    video: str | None = None  # its video in the database (where the PCM is read from)
+    pcm: np.ndarray | None = None  # int16 44.1 kHz samples (reference audio window); read from db_path if None
 
     def __len__(self) -> int:
         return len(self.times)
@@ -86,7 +91,7 @@ def db_track_source(db_path: str, track: str) -> TrackSource:
     times = db.get_array(store.video_key(video) + b"/times")
     face = db.get_array(store.track_key(track) + b"/face").astype(bool)
     mel = db.get_array(store.video_key(video) + b"/logmel")
-    return TrackSource(track, times, face, mel, db_path=db_path)
+    return TrackSource(track, times, face, mel, db_path=db_path, video=video)
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,19 @@ class ChunkFrames(Dataset):
         return torch.from_numpy(resize_frames(out, spec.size))
 
 
+def reference_windows(src: TrackSource, spec: InputSpec, device: torch.device) -> ReferenceWindows:
+    """The reference audio windows of a source: from its PCM, or the database's (silent without sound)."""
+    pcm = src.pcm
+    if pcm is None and src.mel_db is not None:  # a track with sound: its PCM is needed
+        if src.db_path is None or src.video is None:
+            raise MissingPcmError(f"track {src.name}: the reference audio window needs its int16 PCM "
+                                  "(TrackSource.pcm), not only the log-mel")
+        pcm = read_pcm(open_store(src.db_path), src.video)
+        if pcm is None:
+            raise MissingPcmError(missing_pcm_message(src.db_path, [src.name]))
+    return ReferenceWindows(pcm, spec.audio_columns, spec.audio_seconds, device)
+
+
 def centre_columns(times: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor([audio.centre_column(float(t)) for t in times], device=device)
 
@@ -163,20 +181,31 @@ def predict_sources(model: nn.Module, sources: list[TrackSource], targets: list[
     loader = DataLoader(data, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=2 if workers else None)
     mels = [None] * len(sources)
+    reference = spec.has_audio and spec.audio_window == "reference"
+    if reference:  # refuse a database without PCM before any work (one track's PCM held at a time)
+        missing = [s for s in sources if s.pcm is None and s.mel_db is not None and s.db_path is not None
+                   and s.video is not None and not (open_store(s.db_path).video_meta(s.video) or {}).get("pcm")]
+        if missing:
+            raise MissingPcmError(missing_pcm_message(missing[0].db_path, [s.name for s in missing]))
     collected: list[dict[str, list[torch.Tensor]]] = [{} for _ in sources]
     was_training = model.training
     model.eval()
     try:
         for c, host in zip(chunks, progress_bar(loader, progress, "predict", "chunk"), strict=True):
             src = sources[c.source]
-            centres = None
-            if spec.has_audio:
+            centres, audio_fn = None, None
+            if reference:
+                if mels[c.source] is None:
+                    mels = [None] * len(sources)  # sources come in order: free the previous track's PCM
+                    mels[c.source] = reference_windows(src, spec, device)
+                audio_fn = mels[c.source].indexed(src.times[c.start:c.stop])
+            elif spec.has_audio:
                 if mels[c.source] is None:  # one padded log-mel per source, on the device
                     last = audio.centre_column(float(src.times[-1]))
                     mels[c.source] = padded_mel(src.mel_db, spec.audio_columns, last, device)
                 centres = centre_columns(src.times[c.start:c.stop], device)
-            out = predict_chunk(model, host, centres, mels[c.source], batch_size, device, amp, channels_last,
-                                flip_tta, targets=torch.as_tensor(c.targets))
+            out = predict_chunk(model, host, centres, None if reference else mels[c.source], batch_size, device,
+                                amp, channels_last, flip_tta, targets=torch.as_tensor(c.targets), audio_fn=audio_fn)
             for key, v in out.items():
                 collected[c.source].setdefault(key, []).append(v)
     finally:
@@ -200,13 +229,15 @@ def predict_source(model: nn.Module, source: TrackSource, **kw) -> dict[str, np.
 @torch.no_grad()
 def predict_chunk(model: nn.Module, host: torch.Tensor, centres: torch.Tensor | None, mel: torch.Tensor | None,
                   batch_size: int, device: torch.device, amp: str = "none", channels_last: bool = False,
-                  flip_tta: bool = False, targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                  flip_tta: bool = False, targets: torch.Tensor | None = None,
+                  audio_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Scores (on the CPU) for the target frames of one chunk (default: all its C frames).
 
     ``host``: uint8 (H + C, S, S, ch) on the CPU, the H = (T−1)·d frames before the chunk then its C frames
     (zeros before the start and without a face); ``centres``: the C frames' log-mel columns and ``mel`` the
-    output of ``padded_mel`` (audio kinds only). The database path and the streaming video path both go
-    through here, with the same batches, so they give the same numbers.
+    output of ``padded_mel`` (audio kinds only), or ``audio_fn``: a batch's chunk-local target indices → its
+    (B, 1, 64, W) dB windows on the device (the reference window). The database path and the streaming video
+    path both go through here, with the same batches, so they give the same numbers.
     """
     spec = model_input(model)
     history = spec.history
@@ -220,7 +251,8 @@ def predict_chunk(model: nn.Module, host: torch.Tensor, centres: torch.Tensor | 
         batch = targets[b0:b0 + batch_size]
         raw = {PIXELS: gather_pixels(frames, batch, spec, history)}
         if spec.has_audio:
-            raw[AUDIO_DB] = audio_windows(mel, centres[batch], spec.audio_columns)
+            raw[AUDIO_DB] = (audio_fn(batch) if audio_fn is not None
+                             else audio_windows(mel, centres[batch], spec.audio_columns))
         out = run_model(model, raw, device, amp, channels_last)
         if flipped is not None:
             out_f = run_model(model, {**raw, PIXELS: gather_pixels(flipped, batch, spec, history)}, device, amp,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,21 @@ class PredictError(ValueError):
     """Unusable input for prediction (one line, naming what is wrong)."""
 
 
-def load_checkpoint_model(path: str, device: torch.device) -> torch.nn.Module:
-    """The model of a checkpoint (train.py's, or a published file) on ``device``, in eval mode."""
-    return load_model(path).to(device)
+def load_checkpoint_model(path: str, device: torch.device, decision: str = "auto",
+                          audio_window: str = "auto") -> torch.nn.Module:
+    """The model of a checkpoint (train.py's, or a published file) on ``device``, in eval mode, with its decision
+    profile and audio window: its own (a published file: its authors'; see models.registry.load_model) unless
+    ``decision`` / ``audio_window`` name another. Prints what it runs with."""
+    model = load_model(path).to(device)
+    if decision != "auto":
+        model.decision = decision
+    spec = getattr(model, "input_spec", None)
+    if audio_window != "auto" and spec is not None and spec.has_audio:
+        model.input_spec = replace(spec, audio_window=audio_window)
+    window = f", audio window {model.input_spec.audio_window}" if spec is not None and spec.has_audio else ""
+    print(f"{path}: {getattr(model, 'arch', type(model).__name__)}, layout {model_layout(model).name}, "
+          f"decisions {model.decision}{window}")
+    return model
 
 
 def check_serves(layout: OutputLayout, edition: Edition) -> None:
@@ -133,7 +146,7 @@ def write_submission(folder: Path, preds: dict[str, dict[str, np.ndarray]], edit
 def run_split(args: argparse.Namespace) -> dict:
     """The split mode; returns {'out', 'frames', 'seconds', 'problems', 'scores'}."""
     device = pick_device(args.device)
-    model = load_checkpoint_model(args.checkpoint, device)
+    model = load_checkpoint_model(args.checkpoint, device, args.decision, args.audio_window)
     layout = model_layout(model)
     edition = get_edition(args.edition)
     check_serves(layout, edition)  # fail before any work

@@ -46,10 +46,13 @@ class EpochLog:
             self.tb.close()
 
 
-def epoch_row(epoch: int, state: TrainState, lr: float, seconds: float, train: dict, scores: dict) -> dict:
-    """One log row: the epoch's mean losses and the validation scores (of the tasks the run scores)."""
-    row = {"epoch": epoch, "step": state.step, "lr": lr, "seconds": seconds, **train, "val_total": scores["total"],
-           "best_total": state.best_score}
+def epoch_row(epoch: int, state: TrainState, lr: float, seconds: float, train: dict, scores: dict | None) -> dict:
+    """One log row: the epoch's mean losses and the validation scores (of the tasks the run scores; none when
+    the epoch was not validated)."""
+    row = {"epoch": epoch, "step": state.step, "lr": lr, "seconds": seconds, **train, "best_total": state.best_score}
+    if scores is None:
+        return row
+    row["val_total"] = scores["total"]
     columns = {"va": {"val_va": "score", "ccc_valence": "ccc_valence", "ccc_arousal": "ccc_arousal"},
                "expr": {"val_expr": "score", "expr_f1": "f1", "expr_accuracy": "accuracy"},
                "au": {"val_au": "score", "au_f1": "f1", "au_accuracy": "accuracy"}}

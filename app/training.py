@@ -85,7 +85,7 @@ def input_spec(args: argparse.Namespace) -> InputSpec:
     if kind == "frame_block":
         return InputSpec.frame_block(args.clip_len, size=args.size, dilation=args.dilation)
     return InputSpec(clip_len=args.clip_len, dilation=args.dilation, size=args.size, mask=args.mask,
-                     audio_seconds=args.audio_seconds)
+                     audio_seconds=args.audio_seconds, audio_window=args.audio_window)
 
 
 def make_datasets(args: argparse.Namespace, layout: OutputLayout) -> tuple[ClipDataset, ClipDataset, np.ndarray]:
@@ -270,7 +270,8 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
     layout = get_layout(args.layout)
     edition = get_edition(args.edition)
     layout_au_columns(layout, edition)  # the layout must have every AU the edition scores
-    criterion = MultiTaskLoss(layout, parse_task_weights(args.task_weights), args.au_reduction, args.tsav_filter)
+    criterion = MultiTaskLoss(layout, parse_task_weights(args.task_weights), args.au_reduction, args.tsav_filter,
+                              ccc=args.ccc_loss, expr_classes=args.expr_loss_classes)
     train_set, val_set, val_index = make_datasets(args, layout)
     sampler = make_sampler(args, train_set, info)
     batches = len(sampler) // args.batch_size
@@ -315,12 +316,16 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
 
 def end_of_epoch(r: Run, epoch: int, seconds: float, train_logs: dict, scores: dict, out: Path,
                  logger: EpochLog | None) -> None:
-    """Best-score bookkeeping, last.pth (+ best.pth when better) and the epoch's log row."""
+    """Best-score bookkeeping, last.pth (+ best.pth when better) and the epoch's log row.
+
+    ``scores`` is None for an epoch that was not validated (--eval-every): last.pth is still written, so a
+    killed run resumes from the last whole epoch, and the row has no validation columns.
+    """
     state, args = r.state, r.args
-    improved = not math.isnan(scores["total"]) and scores["total"] > state.best_score
+    improved = scores is not None and not math.isnan(scores["total"]) and scores["total"] > state.best_score
     if improved:
         state.best_score, state.best_epoch, state.bad_epochs = scores["total"], epoch, 0
-    else:
+    elif scores is not None:
         state.bad_epochs += 1
     row = {**epoch_row(epoch, state, r.optimizer.param_groups[0]["lr"], seconds, train_logs, scores),
            **lr_columns(r.optimizer)}
@@ -331,13 +336,25 @@ def end_of_epoch(r: Run, epoch: int, seconds: float, train_logs: dict, scores: d
         if improved:
             save_atomic(checkpoint(args, *parts, full=False), out / "best.pth")
         logger.write(row)
+        if scores is None:
+            r.log(f"epoch {epoch}: loss {train_logs.get('loss', math.nan):.4f} | not validated (--eval-every "
+                  f"{args.eval_every}) | best {state.best_score:.4f} (epoch {state.best_epoch}) | {seconds:.0f} s")
+            return
         r.log(f"epoch {epoch}: loss {train_logs.get('loss', math.nan):.4f} | {args.select} val "
               f"VA {scores['va']['score']:.4f} EXPR {scores['expr']['score']:.4f} AU {scores['au']['score']:.4f} "
               f"total {scores['total']:.4f} | best {state.best_score:.4f} (epoch {state.best_epoch}) | {seconds:.0f} s")
 
 
+def validates(epoch: int, every: int, last_epoch: int, epochs: int) -> bool:
+    """Whether epoch ``epoch`` (0-based) ends with a validation: every ``every`` epochs, the run's last
+    epoch (also a --stop-after stop) and the final epoch of the schedule."""
+    done = epoch + 1
+    return done % every == 0 or done == last_epoch or done == epochs
+
+
 def train(r: Run) -> dict:
-    """Epochs until --epochs (or --stop-after, or early stopping); validation and checkpoints after each."""
+    """Epochs until --epochs (or --stop-after, or early stopping); last.pth after each, validation (and best.pth
+    when better) after every --eval-every epochs and the last."""
     args, info, state = r.args, r.info, r.state
     out = Path(args.output_dir)
     logger = None
@@ -366,13 +383,15 @@ def train(r: Run) -> dict:
             dist.broadcast_buffers(unwrap_model(r.model))  # one model on every rank, the one rank 0 saves
             for kept in r.method.models().values():
                 dist.broadcast_buffers(kept)
-            chosen = r.method.evaluated(r.model, args.select)
-            if bn_sampler is not None:
-                bn_sampler.set_epoch(epoch)
-                draws, _ = bn_sampler.draws()  # plain ints: clips without augmentation
-                precise_bn(chosen, r.train_set, draws.tolist(), args, info.device)
-                dist.average_buffers(chosen)
-            scores = evaluate(chosen, r.val_set, r.val_index, r.edition, args, info)
+            scores = None
+            if validates(epoch, args.eval_every, last_epoch, args.epochs):
+                chosen = r.method.evaluated(r.model, args.select)
+                if bn_sampler is not None:
+                    bn_sampler.set_epoch(epoch)
+                    draws, _ = bn_sampler.draws()  # plain ints: clips without augmentation
+                    precise_bn(chosen, r.train_set, draws.tolist(), args, info.device)
+                    dist.average_buffers(chosen)
+                scores = evaluate(chosen, r.val_set, r.val_index, r.edition, args, info)
             state.epoch += 1
             end_of_epoch(r, epoch, time.time() - t0, train_logs, scores, out, logger)
             dist.barrier()

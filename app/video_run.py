@@ -82,7 +82,7 @@ def run_video(args: argparse.Namespace) -> dict:
     if not path.is_file():
         raise PredictError(f"{path}: no such video file")
     device = pick_device(args.device)
-    model = load_checkpoint_model(args.checkpoint, device)
+    model = load_checkpoint_model(args.checkpoint, device, args.decision, args.audio_window)
     out, name = Path(args.out), path.stem
     outputs = OutputSet(out, f"{name}.video", video_family(name), {"--video": path, "--checkpoint": args.checkpoint},
                         legacy=legacy_video_temps(out, name))

@@ -7,8 +7,10 @@ first samples need. Each full chunk is predicted at once (``app.inference.predic
 the database path), so a crop lives for at most one chunk and its history.
 
 What still grows with the length: the audio (decoded whole, 176 KB per second of sound, turned into the
-log-mel of 12.8 KB per second and freed before the frames are decoded) and the small per-frame arrays (time,
-face flag, confidence, frame→crop affine, outputs: about 0.3 KB per frame).
+log-mel of 12.8 KB per second and freed before the frames are decoded; for a model whose spec asks for the
+reference audio window, into the int16 PCM of 88.2 KB per second instead, from which each frame's window is
+computed at its own time, ``data.pcm.ReferenceWindows``) and the small per-frame arrays (time, face flag,
+confidence, frame→crop affine, outputs: about 0.3 KB per frame).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tqdm import tqdm
 
 from app import inference
 from data import audio, masks, video
+from data.pcm import ReferenceWindows
 from data.reader import padded_mel
 from models.base import model_input
 from utils.inputs import CROP, InputSpec
@@ -37,7 +40,9 @@ class RollingClips:
 
     def __init__(self, model: nn.Module, mel_db: np.ndarray | None, batch_size: int = 64,
                  chunk: int = 512, device: torch.device | str = "cpu", amp: str = "none",
-                 channels_last: bool = False, flip_tta: bool = False):
+                 channels_last: bool = False, flip_tta: bool = False, pcm: np.ndarray | None = None):
+        """``mel_db``: the video's log-mel (None: no sound); ``pcm``: its int16 samples, what a spec with the
+        reference audio window needs instead (None there: no sound)."""
         self.model, self.spec, self.chunk = model, model_input(model), chunk
         self.batch_size, self.device, self.amp = batch_size, torch.device(device), amp
         self.channels_last, self.flip_tta = channels_last, flip_tta
@@ -46,9 +51,16 @@ class RollingClips:
         self.buffer = np.zeros((self.history + chunk, spec.size, spec.size, spec.channels), np.uint8)
         self.filled = 0  # frames of the current chunk in the buffer
         self.centres: list[int] = []  # log-mel column of every frame so far
+        self.times: list[float] = []  # and its time (the reference window is cut at the frame's own sample)
+        self.reference = None
+        if spec.has_audio and spec.audio_window == "reference":
+            if pcm is None and mel_db is not None:
+                raise ValueError("the reference audio window is computed from the int16 PCM (pcm=), not the log-mel")
+            self.reference, mel_db = ReferenceWindows(pcm, spec.audio_columns, spec.audio_seconds, self.device), None
         n_columns = 0 if mel_db is None else mel_db.shape[1]
         # silence after the audio: frames beyond it read the silent last column (data.reader.audio_windows)
-        self.mel = padded_mel(mel_db, spec.audio_columns, n_columns, self.device) if spec.has_audio else None
+        self.mel = (padded_mel(mel_db, spec.audio_columns, n_columns, self.device)
+                    if spec.has_audio and self.reference is None else None)
         self.outputs: dict[str, list[torch.Tensor]] = {}
         model.eval()
 
@@ -60,6 +72,7 @@ class RollingClips:
         else:
             self.buffer[row] = frame
         self.centres.append(audio.centre_column(float(t)))
+        self.times.append(float(t))
         self.filled += 1
         if self.filled == self.chunk:
             self._predict_chunk()
@@ -69,8 +82,9 @@ class RollingClips:
             return
         host = torch.from_numpy(self.buffer[:self.history + self.filled].copy())
         centres = torch.as_tensor(self.centres[-self.filled:], device=self.device)
+        audio_fn = None if self.reference is None else self.reference.indexed(np.asarray(self.times[-self.filled:]))
         out = inference.predict_chunk(self.model, host, centres, self.mel, self.batch_size, self.device,
-                                      self.amp, self.channels_last, self.flip_tta)
+                                      self.amp, self.channels_last, self.flip_tta, audio_fn=audio_fn)
         for key, v in out.items():
             self.outputs.setdefault(key, []).append(v)
         end = self.history + self.filled
@@ -145,6 +159,13 @@ def read_logmel(path: str, has_audio: bool) -> np.ndarray | None:
     return audio.logmel_db(sound, audio.SR) if sound is not None else None
 
 
+def read_pcm16(path: str, has_audio: bool) -> np.ndarray | None:
+    """The video's int16 PCM (``data.audio.to_pcm16``, as a database built with --store-pcm stores it), or None
+    without an audio stream; the float samples are freed here."""
+    sound = video.read_audio(path, audio.SR) if has_audio else None
+    return audio.to_pcm16(sound) if sound is not None else None
+
+
 def predict_video(path: str, model: nn.Module, detector: str = "hog", detect_every: int = 5,
                   batch_size: int = 64, chunk: int = 512, device: torch.device | str = "cpu", amp: str = "none",
                   channels_last: bool = False, flip_tta: bool = False, progress: bool = True) -> VideoPrediction:
@@ -152,10 +173,15 @@ def predict_video(path: str, model: nn.Module, detector: str = "hog", detect_eve
     from data import build, build_plan
 
     info = video.probe(path)
-    mel = read_logmel(path, info.has_audio)
+    spec = model_input(model)
+    mel = pcm = None
+    if spec.has_audio and spec.audio_window == "reference":
+        pcm = read_pcm16(path, info.has_audio)
+    else:
+        mel = read_logmel(path, info.has_audio)
     name = "video"
     times: list[float] = []
-    clips = RollingClips(model, mel, batch_size, chunk, device, amp, channels_last, flip_tta)
+    clips = RollingClips(model, mel, batch_size, chunk, device, amp, channels_last, flip_tta, pcm=pcm)
     spec = clips.spec
     with tqdm(total=info.num_frames or None, desc="frames", unit="frame", dynamic_ncols=True,
               disable=not progress) as bar:
@@ -167,4 +193,4 @@ def predict_video(path: str, model: nn.Module, detector: str = "hog", detect_eve
     if not times:
         raise ValueError(f"{path}: no frames decoded")
     return VideoPrediction(np.asarray(times), np.asarray(writer.face, bool), np.asarray(writer.confidence),
-                           np.stack(writer.affines), clips.finish(), mel is not None)
+                           np.stack(writer.affines), clips.finish(), mel is not None or pcm is not None)

@@ -175,3 +175,71 @@ def reference_logmel_clip(audio: np.ndarray, sr: int, t_center: float) -> np.nda
                       center=True, pad_mode="reflect", return_complex=True)
     mel = mel_filterbank().T @ (spec.abs() ** 2).numpy()
     return finish_window(power_to_db(mel))
+
+
+# --- TSAV's per-frame window (``InputSpec.audio_window == 'reference'``) -------------------------------
+# The published checkpoints were trained on this, so serving it exactly is what running them as their
+# authors did needs: a segment cut at the frame's own sample (not on the 10 ms grid), its mel computed
+# alone (reflect padding at the segment's edges), shorter segments zero-padded on the LEFT, so in the
+# first S and the last S/2 seconds of a video the frame is not in the middle of its window.
+PCM_SCALE = 32768.0  # int16 PCM ↔ float: TSAV read a 16-bit wav as int16 / 32768
+
+
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples → int16 as ffmpeg's float→s16 conversion writes them: round(x·32768), half to even, clipped."""
+    x = np.rint(np.asarray(samples, np.float32) * np.float32(PCM_SCALE))
+    return np.clip(x, -32768, 32767).astype(np.int16)
+
+
+def pcm_to_float(pcm: np.ndarray) -> np.ndarray:
+    """int16 PCM → float32 / 32768 (exact); float samples pass through as float32."""
+    pcm = np.asarray(pcm)
+    if pcm.dtype == np.int16:
+        return pcm.astype(np.float32) / np.float32(PCM_SCALE)
+    return pcm.astype(np.float32, copy=False)
+
+
+def reference_segment(t: float, seconds: float, sr: int = SR) -> tuple[int, int]:
+    """(first sample, number of samples) TSAV cut for a frame at t s: max(int(t·sr − S/2·sr), 0) and
+    min(int(S·sr), max(int(t·sr), int(0.02·sr))), with these exact float operations."""
+    offset = max(int(t * sr - (seconds / 2) * sr), 0)
+    num = min(int(seconds * sr), max(int(t * sr), int(0.02 * sr)))
+    return offset, num
+
+
+def reference_power(segment: torch.Tensor, columns: int) -> torch.Tensor:
+    """(N_MELS, columns) float32 power mel of ``segment`` (float32 samples, any device) on its own.
+
+    Centred STFT with reflect padding at the segment's own edges (zeros for a segment of ≤ 512 samples,
+    which reflection cannot pad, as ``power_mel``), then zero POWER columns on the left up to ``columns``;
+    a segment with more columns keeps its last ``columns`` (only for S whose samples exceed W − 1 hops,
+    e.g. 0.25 s: 26 columns for W = 25). An empty segment (a frame past the end of the audio) is silence.
+    """
+    out = torch.zeros((N_MELS, columns), dtype=torch.float32, device=segment.device)
+    if segment.numel() == 0:
+        return out
+    mode = "reflect" if segment.numel() > N_FFT // 2 else "constant"
+    spec = torch.stft(segment, N_FFT, hop_length=HOP, win_length=WIN, window=_HANN.to(segment.device),
+                      center=True, pad_mode=mode, return_complex=True)
+    mel = _FILTERBANK.to(segment.device).T @ (spec.real.square() + spec.imag.square())
+    k = min(mel.shape[1], columns)
+    out[:, columns - k:] = mel[:, mel.shape[1] - k:]
+    return out
+
+
+def power_to_db_torch(power: torch.Tensor) -> torch.Tensor:
+    """``power_to_db`` on a tensor (its device)."""
+    return 10.0 * torch.log10(torch.clamp(power, min=AMIN))
+
+
+def reference_window_db(pcm: np.ndarray, t: float, columns: int, seconds: float) -> np.ndarray:
+    """TSAV's audio window for a frame at t s, in dB: (1, N_MELS, columns) float32, before the 80 dB floor
+    and the normalisation (``finish_window`` / the model's ``prepare`` do those).
+
+    ``pcm``: the video's 44.1 kHz mono samples on the video clock, float32 in [−1, 1] or int16 as the
+    database stores them (÷ 32768); only the segment is read, so a zero-copy view of a stored array works.
+    Segment: ``reference_segment`` (shorter where the audio ends first); mel: ``reference_power``.
+    """
+    offset, num = reference_segment(t, seconds)
+    segment = torch.from_numpy(np.ascontiguousarray(pcm_to_float(pcm[offset:offset + num])))
+    return power_to_db_torch(reference_power(segment, columns)).numpy()[None]

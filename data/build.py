@@ -1,4 +1,4 @@
-"""Per-video pipeline → LMDB: decode, track faces, align, render masks, log-mel, labels.
+"""Per-video pipeline → LMDB: decode, track faces, align, render masks, log-mel (+ PCM), labels.
 
 One worker function turns a video (a ``VideoJob``, planned by data/build_plan.py) into a
 ``store.VideoRecord`` of plain bytes; the main process is the only writer. A long video is not held
@@ -38,6 +38,7 @@ from data import align, audio, chunks, masks, store, video
 from data.annotations import TrackLabels, fit_length
 from data.build_plan import CROP_FORMAT, CROP_QUALITY, BuildOptions, VideoJob, job_inputs
 from data.db_lock import build_lock
+from data.pcm import pcm_key
 from data.tsav_pickle import load_tsav_alignment
 from data.verify import verify_videos
 from data.video import TRACK_SUFFIXES
@@ -316,6 +317,9 @@ def process_video(job: VideoJob, opts: BuildOptions,
         sound = video.read_audio(job.path, audio.SR) if info.has_audio else None
         if sound is not None:
             rec.put_array(store.video_key(job.name) + b"/logmel", audio.logmel_db(sound, audio.SR))
+            if opts.store_pcm:  # the samples the log-mel came from, as int16 (data/pcm.py)
+                rec.put_array(pcm_key(job.name), audio.to_pcm16(sound))
+                spill.flush()  # a long video's PCM goes to the writer as its own chunk, not with the meta
         timer.lap("audio")
         faces_total = 0
         for track, w in writers.items():
@@ -336,6 +340,7 @@ def process_video(job: VideoJob, opts: BuildOptions,
             "status": "ok", "frames": n, "fps": info.fps, "width": info.width, "height": info.height,
             "audio": sound is not None, "audio_rate": audio.SR if sound is not None else None,
             "masks": list(opts.masks), "faces": faces_total, **counters,
+            **({"pcm": True} if opts.store_pcm and sound is not None else {}),
         })
     except lmdb.Error:  # writing a chunk failed (e.g. a full disk): the build stops, not just this video
         raise

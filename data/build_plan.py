@@ -50,12 +50,15 @@ class BuildOptions:
     crop_format: str = CROP_FORMAT
     crop_quality: int = CROP_QUALITY
     chunk_bytes: int = chunks.CHUNK_BYTES  # frame groups handed to the writer this often (bounds memory)
+    store_pcm: bool = False  # also keep the int16 PCM (--store-pcm: the reference audio window needs it)
 
     def content(self) -> dict:
         """The options (besides masks, which the schema fixes) that change what is stored."""
         out = {"detector": self.detector, "detect_every": self.detect_every, "limit_frames": self.limit_frames}
         if (self.crop_format, self.crop_quality) != (CROP_FORMAT, CROP_QUALITY):
             out["crop"] = f"{self.crop_format}:{self.crop_quality}"
+        if self.store_pcm:  # only when set: databases built before the flag keep their inputs (no rebuild)
+            out["pcm"] = True
         return out
 
 

@@ -10,7 +10,9 @@ track with every task's label:
   of it on the device (scaling, jitter with the drawn factors, normalisation).
 - ``audio_db`` (clip_audio only): 1×64×W float16, the log-mel window (dB) centred on frame i's timestamp,
   sliced from the per-video spectrogram stored in the database; silence where the window leaves the audio
-  or the video has none.
+  or the video has none. With ``spec.audio_window == 'reference'``: 1×64×W float32, TSAV's window at frame
+  i's own time, computed from the stored int16 PCM (``data.pcm``; float32 because float16 would round the
+  dB by up to 0.03, 1.6e-3 after normalisation); a database without PCM for a track with sound is refused.
 - ``expr``/``expr_valid`` (class id, bool), ``au``/``au_valid`` (n_au 0/1 floats, per-AU bools),
   ``va``/``va_valid`` (2 floats, bool), in the model layout's class and AU order. A label counts only in
   the split the track is annotated for *for that task*, so a track that is in Train_Set for VA and in
@@ -36,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data import store
+from data.pcm import missing_pcm_message, silent_windows, window_from_txn
 from data.reader import (
     audio_window_db,
     flip_frames,
@@ -83,6 +86,7 @@ class Track:
     face: np.ndarray  # (n,) bool
     times: np.ndarray  # (n,) float64 seconds
     has_audio: bool
+    has_pcm: bool = False  # its video's int16 PCM is stored (the reference audio window reads it)
 
 
 def draw_jitter(rng: np.random.Generator, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
@@ -165,7 +169,8 @@ class ClipDataset(Dataset):
             if video not in times_of:
                 times_of[video] = db.get_array(store.video_key(video) + b"/times")
             face = db.get_array(store.track_key(name) + b"/face").astype(bool)
-            self.tracks.append(Track(name, video, face, times_of[video], bool(stored.video_meta.get("audio"))))
+            self.tracks.append(Track(name, video, face, times_of[video], bool(stored.video_meta.get("audio")),
+                                     bool(stored.video_meta.get("pcm"))))
             for k, v in self._track_labels(db, name, len(face), tasks if self.with_labels else {}).items():
                 labels[k].append(v)
         if wanted is not None:
@@ -176,6 +181,10 @@ class ClipDataset(Dataset):
         if not self.tracks:
             where = f"annotated in {self.split}" if self.split else "complete"
             raise DatasetError(f"{self.db_path}: no track {where}; nothing to train or evaluate on")
+        if self.spec.has_audio and self.spec.audio_window == "reference":
+            missing = [t.name for t in self.tracks if t.has_audio and not t.has_pcm]
+            if missing:
+                raise DatasetError(missing_pcm_message(self.db_path, missing))
         lengths = np.array([len(t.face) for t in self.tracks])
         self.starts = np.concatenate([[0], np.cumsum(lengths)])
         self.labels = {k: np.concatenate(v) for k, v in labels.items()}
@@ -251,6 +260,15 @@ class ClipDataset(Dataset):
             self._mel.popitem(last=False)
         return mel
 
+    def reference_window(self, track: Track, t: float) -> torch.Tensor:
+        """(1, 64, W) float32 dB: TSAV's window at ``t`` from the stored PCM, only its segment read (no cache)."""
+        spec = self.spec
+        if not track.has_audio:
+            return silent_windows(1, spec.audio_columns)[0]
+        with self.db.env.begin(buffers=True) as txn:
+            db = window_from_txn(txn, track.video, t, spec.audio_columns, spec.audio_seconds, self.db_path)
+        return torch.from_numpy(db)
+
     # --- samples ------------------------------------------------------------------------------------------
     def raw_frames(self, t: int, frame: int) -> np.ndarray:
         """T×112×112×C uint8 of the sample ending at ``frame`` (zeros for missing frames; C = 3 + mask)."""
@@ -279,7 +297,9 @@ class ClipDataset(Dataset):
         if aug.teacher:
             tj = draw_jitter(rng, aug.teacher_jitter, aug.teacher_jitter) if rng is not None else IDENTITY_JITTER
             sample[TEACHER_JITTER] = torch.tensor(tj[:2], dtype=torch.float64)
-        if self.spec.has_audio:
+        if self.spec.has_audio and self.spec.audio_window == "reference":
+            sample[AUDIO_DB] = self.reference_window(track, float(track.times[frame]))
+        elif self.spec.has_audio:
             mel = self.logmel(track)
             sample[AUDIO_DB] = torch.from_numpy(audio_window_db(mel, float(track.times[frame]),
                                                                 self.spec.audio_columns))

@@ -1,5 +1,9 @@
 """Supervised multi-task losses (EXPR cross-entropy, AU binary cross-entropy, VA 1 − CCC), all masked.
 
+Two published variants stay available for reproductions (README, reproducing MTMT): MTMT's VA loss
+(``reference_ccc_loss``, ``--ccc-loss reference``) and its EXPR cross-entropy over all 8 logits of the mtmt
+layout with the unused slot ignored as a target (``expr_classes=8``, ``--expr-loss-classes 8``).
+
 Validity is either given as boolean masks or read from the targets: EXPR outside [0, C), AU outside
 [0, 1] and VA outside [−1, 1] (the −1/−5 sentinels, NaN) are invalid. An invalid entry contributes
 nothing, to the loss or to any gradient, whatever its target or output value. A loss with nothing
@@ -19,6 +23,9 @@ from utils.outputs import split_outputs, va_output
 
 # MTMT's supervised total 3·EXPR + AU + VA.
 DEFAULT_TASK_WEIGHTS = {"expr": 3.0, "au": 1.0, "va": 1.0}
+
+CCC_LOSSES = ("ours", "reference")
+EXPR_LOSS_CLASSES = (0, 8)  # 0: the classes the layout serves; 8: every logit of an 8-slot EXPR block (MTMT)
 
 # EXPR class ids of the TSAV filtering rules (order of tasks.EXPR_NAMES_7).
 NEUTRAL, HAPPINESS, SADNESS = 0, 4, 5
@@ -107,6 +114,75 @@ def ccc_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tenso
     return total
 
 
+def reference_ccc_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None,
+                       batch_rows: Tensor | None = None, eps: float = 1e-8) -> Tensor:
+    """MTMT's published VA loss: Σ over dimensions of 1 − CCC_ref on each dimension's valid rows, where
+
+        CCC_ref = 2·Σ_valid (x − x̄)(y − ȳ) / (N·(s_x² + s_y² + (x̄ − ȳ)² + eps)),
+
+    x̄, ȳ the means and s² the UNBIASED (n − 1) variances of the n valid rows, and N the number of rows of
+    the batch the loss was given, valid or not (``batch_rows``: a mask of the rows that make up that batch,
+    e.g. the subset a consistency term selects; default: all rows). With every row valid and n large it
+    is close to ours; with half the rows invalid the covariance is halved and the loss is far larger.
+    A dimension with < 2 valid rows adds 0, as in ours and the published code.
+    """
+    if pred.dim() == 1:
+        pred, target = pred[:, None], target[:, None]
+        valid = None if valid is None else valid.reshape(-1, 1)
+        batch_rows = None if batch_rows is None else batch_rows.reshape(-1, 1)
+    valid = (va_valid_mask(target) if valid is None else valid).bool()
+    if valid.dim() == 1:
+        valid = valid[:, None]
+    valid = valid.expand_as(pred)
+    if batch_rows is not None:
+        batch_rows = batch_rows.bool()
+        batch_rows = (batch_rows[:, None] if batch_rows.dim() == 1 else batch_rows).expand_as(pred)
+    total = _zero_like_graph(pred)
+    for d in range(pred.shape[1]):
+        rows = valid[:, d]
+        n = int(rows.sum())
+        if n < 2:
+            continue
+        x, y = pred[rows, d].float(), target[rows, d].float()
+        mx, my = x.mean(), y.mean()
+        vx, vy = ((x - mx) ** 2).sum() / (n - 1), ((y - my) ** 2).sum() / (n - 1)
+        n_batch = pred.shape[0] if batch_rows is None else int(batch_rows[:, d].sum())
+        ccc = 2 * ((x - mx) * (y - my)).sum() / ((vx + vy + (mx - my) ** 2 + eps) * n_batch)
+        total = total + 1 - ccc
+    return total
+
+
+def va_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None, kind: str = "ours",
+            batch_rows: Tensor | None = None) -> Tensor:
+    """The VA loss ``kind`` ('ours': ``ccc_loss``; 'reference': MTMT's ``reference_ccc_loss``)."""
+    if kind == "ours":
+        return ccc_loss(pred, target, valid)
+    if kind == "reference":
+        return reference_ccc_loss(pred, target, valid, batch_rows)
+    raise ValueError(f"unknown CCC loss {kind!r} (known: {', '.join(CCC_LOSSES)})")
+
+
+def check_expr_classes(layout: str | OutputLayout, expr_classes: int) -> None:
+    """Raise unless ``expr_classes`` (0 or 8) can be used with the layout's EXPR block."""
+    layout = get_layout(layout)
+    if expr_classes not in EXPR_LOSS_CLASSES:
+        raise ValueError(f"EXPR loss classes must be one of {EXPR_LOSS_CLASSES}, got {expr_classes}")
+    if expr_classes and layout.expr_slots != expr_classes:
+        raise ValueError(f"--expr-loss-classes {expr_classes} needs a layout with {expr_classes} EXPR logits "
+                         f"(mtmt, abaw2021, abaw3); {layout.name!r} has {layout.expr_slots}")
+
+
+def expr_logits(outputs: Tensor | tuple, layout: str | OutputLayout, expr_classes: int = 0) -> Tensor:
+    """The EXPR logits a loss runs over: the classes the layout serves (0) or every slot of the block (8)."""
+    layout = get_layout(layout)
+    if not expr_classes:
+        return split_outputs(outputs, layout)["expr"]
+    check_expr_classes(layout, expr_classes)
+    split_outputs(outputs, layout)  # checks the width
+    out = outputs[0] if isinstance(outputs, tuple) else outputs
+    return out[..., layout.slices["expr"]]
+
+
 def va_ccc_loss(va_raw: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
     """1 − CCC per dimension on tanh of the raw B×2 VA outputs, summed over valence and arousal."""
     return ccc_loss(torch.tanh(va_raw.float()), target, valid)
@@ -144,15 +220,22 @@ class MultiTaskLoss(nn.Module):
     """Weighted sum of the masked task losses for B×K outputs of an ``OutputLayout``.
 
     ``targets``: {'expr': B ids, 'au': B×n_au 0/1, 'va': B×2}, any subset (a missing task adds nothing).
-    ``valid``: optional boolean masks of the same keys (else read from the target values). The self-cure
-    (outputs, alpha) tuple is accepted; the rank term belongs to the consistency loss, not here.
+    ``valid``: optional boolean masks of the same keys (else read from the target values). ``ccc`` picks the
+    VA loss ('ours' or MTMT's 'reference'), ``expr_classes`` the EXPR logits (0: the served classes; 8: all
+    8 slots, MTMT). The self-cure (outputs, alpha) tuple is accepted; the rank term belongs to the
+    consistency loss, not here.
     Returns (total, {task: unweighted loss}).
     """
 
     def __init__(self, layout: str | OutputLayout, weights: Mapping[str, float] | None = None,
-                 au_reduction: str = "sum", tsav_filter: bool = False) -> None:
+                 au_reduction: str = "sum", tsav_filter: bool = False, ccc: str = "ours",
+                 expr_classes: int = 0) -> None:
         super().__init__()
         self.layout = get_layout(layout)
+        if ccc not in CCC_LOSSES:
+            raise ValueError(f"unknown CCC loss {ccc!r} (known: {', '.join(CCC_LOSSES)})")
+        check_expr_classes(self.layout, expr_classes)
+        self.ccc, self.expr_classes = ccc, expr_classes
         self.weights = {**DEFAULT_TASK_WEIGHTS, **(weights or {})}
         unknown = set(self.weights) - set(DEFAULT_TASK_WEIGHTS)
         if unknown:
@@ -169,12 +252,17 @@ class MultiTaskLoss(nn.Module):
             valid["expr"] = expr_valid & tsav_expr_keep_mask(targets["expr"], targets["va"], valid.get("va"))
         losses = {}
         if "expr" in targets:
-            losses["expr"] = masked_cross_entropy(parts["expr"], targets["expr"], valid.get("expr"))
+            # Validity always by the served classes: with 8 logits the unused slot is never a target (ignore 7).
+            expr_valid = valid.get("expr")
+            if expr_valid is None:
+                expr_valid = expr_valid_mask(targets["expr"], self.layout.num_expr_classes)
+            logits = expr_logits(outputs, self.layout, self.expr_classes) if self.expr_classes else parts["expr"]
+            losses["expr"] = masked_cross_entropy(logits, targets["expr"], expr_valid)
         if "au" in targets:
             losses["au"] = masked_au_bce(parts["au"], targets["au"], valid.get("au"), self.au_reduction)
         if "va" in targets:
-            losses["va"] = ccc_loss(va_output(parts["va"].float(), self.layout, clip=False), targets["va"],
-                                    valid.get("va"))
+            losses["va"] = va_loss(va_output(parts["va"].float(), self.layout, clip=False), targets["va"],
+                                   valid.get("va"), self.ccc)
         if not losses:
             raise ValueError("no targets given (expected any of 'expr', 'au', 'va')")
         total = sum(self.weights[task] * loss for task, loss in losses.items())

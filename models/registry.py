@@ -8,7 +8,7 @@ system adds one entry here and its own modules; nothing else in the engine or in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -92,11 +92,25 @@ def stored_input(obj) -> InputSpec | None:
     return InputSpec.from_dict(stored) if isinstance(stored, Mapping) else None
 
 
+# A file without our settings (no 'arch'/'input' entries) of these families and layouts is a published
+# checkpoint: it is run as its authors ran it, by their decision rule and TSAV's per-frame audio window.
+PUBLISHED_SYSTEMS = {("tsav", "abaw2020"): "tsav2020", ("mtmt", "mtmt"): "mtmt2021"}
+
+
+def published_system(obj, arch: str, layout: OutputLayout) -> str | None:
+    """The published system (its decision profile's name) a checkpoint is, or None for one of ours."""
+    if isinstance(obj, Mapping) and ("arch" in obj or "input" in obj or "clip" in obj):
+        return None
+    return PUBLISHED_SYSTEMS.get((arch, layout.name))
+
+
 def load_model(path: str | Path, layout: str | OutputLayout | None = None, trust_pickle: bool = False) -> nn.Module:
     """Any model checkpoint (train.py's best/last, or a published file) → the model, loaded strictly, eval, CPU.
 
     The family comes from the file's 'arch' entry or its keys; the layout from ``layout``, else the file's
     'layout' entry, else the head sizes; the input from the file's settings, else the family's published one.
+    A published checkpoint (``published_system``) gets its authors' decision profile and the reference audio
+    window; the caller may override either (test_val_aff2.py --decision, --audio-window).
     """
     path = Path(path)
     obj = read_checkpoint(path, trust_pickle=trust_pickle)
@@ -111,7 +125,10 @@ def load_model(path: str | Path, layout: str | OutputLayout | None = None, trust
         layout = stored if isinstance(stored, str) else family.infer_layout(state, path)
     try:
         layout = get_layout(layout)
+        published = published_system(obj, arch, layout)
         spec = stored_input(obj) or family.default_input()
+        if published:
+            spec = replace(spec, audio_window="reference")
         with torch.device("meta"):  # no random init: every tensor comes from the file
             model = family.cls(layout=layout, input_spec=spec)
     except ValueError as e:
@@ -120,4 +137,7 @@ def load_model(path: str | Path, layout: str | OutputLayout | None = None, trust
     check_keys(expected, state, path, f"{arch} with layout {layout.name!r}")
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
+    stored_decision = obj.get("decision") if isinstance(obj, Mapping) else None
+    if published or isinstance(stored_decision, str):
+        model.decision = published or stored_decision
     return model.eval()

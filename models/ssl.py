@@ -9,7 +9,9 @@ save (``evaluated``), and keeps a state that checkpoints store and ``--resume`` 
 - ``mean_teacher`` (MTMT, ABAW 2021): an EMA teacher of the student (``models.mean_teacher``); with
   ``--consistency-weight`` > 0 the student also matches the teacher's outputs on its own view of the same
   frames (on the entries without a label, or all of them), ramped up over ``--rampup-epochs``; with weight
-  0 it is only a steadier model to validate.
+  0 it is only a steadier model to validate. MTMT's published variants: ``--teacher-bn train``,
+  ``--rampup-by epoch`` (the weight of the whole epoch number, constant within an epoch), ``--ccc-loss
+  reference`` and ``--expr-loss-classes 8`` (README, reproducing MTMT).
 
 Pseudo-labelling and co-training plug in the same way.
 """
@@ -17,6 +19,7 @@ Pseudo-labelling and co-training plug in the same way.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
@@ -75,7 +78,12 @@ class MeanTeacherMethod(Supervised):
 
     def __init__(self, model: nn.Module, args: argparse.Namespace) -> None:
         super().__init__(model, args)
-        self.teacher = MeanTeacher(model, args.ema_decay)
+        # Namespaces built without the reproduction flags (older callers) get today's behaviour.
+        bn = getattr(args, "teacher_bn", "eval")
+        if bn == "train" and args.consistency_weight <= 0:  # its statistics would never move from the start
+            raise ValueError("--teacher-bn train needs --consistency-weight > 0: the teacher's BatchNorm statistics "
+                             "come only from the forward passes that make its targets")
+        self.teacher = MeanTeacher(model, args.ema_decay, bn=bn)
 
     def extra_loss(self, out, raw, prepare, valid, layout, weights, epoch_progress, autocast):
         args = self.args
@@ -85,8 +93,11 @@ class MeanTeacherMethod(Supervised):
             t_out = self.teacher(prepare("teacher"))
         # MTMT's formula ramps the self-cure rank term together with the consistency terms.
         cons, _ = consistency_loss(out, t_out, valid, layout, only_missing=args.consistency == "missing",
-                                   weights=weights, rank_weight=args.rank_weight, au_reduction=args.au_reduction)
-        weight = sigmoid_rampup(epoch_progress, args.consistency_weight, args.rampup_epochs)
+                                   weights=weights, rank_weight=args.rank_weight, au_reduction=args.au_reduction,
+                                   ccc=getattr(args, "ccc_loss", "ours"),
+                                   expr_classes=getattr(args, "expr_loss_classes", 0))
+        weight = sigmoid_rampup(ramp_position(epoch_progress, getattr(args, "rampup_by", "step")),
+                                args.consistency_weight, args.rampup_epochs)
         return weight * cons, {"consistency": cons.detach(), "consistency_weight": weight}
 
     def after_step(self, model: nn.Module) -> None:
@@ -107,6 +118,16 @@ class MeanTeacherMethod(Supervised):
     @staticmethod
     def check_resume(ckpt: Mapping) -> str | None:
         return None if ckpt.get("teacher") is not None else "saved without a mean teacher"
+
+
+def ramp_position(epoch_progress: float, by: str) -> float:
+    """Where the ramp-up stands: the fractional epoch of the step ('step', ours) or the whole epoch number
+    ('epoch', MTMT: one weight per epoch, w(0) for the whole first epoch)."""
+    if by == "step":
+        return epoch_progress
+    if by == "epoch":
+        return float(math.floor(epoch_progress))
+    raise ValueError(f"--rampup-by must be 'step' or 'epoch', got {by!r}")
 
 
 METHODS: dict[str, type[Supervised]] = {"none": Supervised, "mean_teacher": MeanTeacherMethod}

@@ -7,6 +7,9 @@ a test needs to change.
 
 ``toy``: the small hand-made database of ``tests/toy_db.py`` (once per session; read-only too) and
 ``model``: a randomly initialised TSAV model (abaw2021 layout, seed 0, eval mode; one per module).
+
+``mini_db``: the quick mini dataset's database (every video: val tracks, the two-person video, the faceless
+stretch; with the PCM that --audio-window reference needs), built once per session; read-only.
 """
 
 from __future__ import annotations
@@ -38,3 +41,16 @@ def toy(tmp_path_factory) -> Path:
 def model():
     torch.manual_seed(0)
     return build_model("tsav", "abaw2021").eval()
+
+
+@pytest.fixture(scope="session")
+def mini_db(mini_quick, tmp_path_factory) -> Path:
+    import create_database
+
+    out = tmp_path_factory.mktemp("infer_db") / "db"
+    rc = create_database.main(["--videos", str(mini_quick / "videos"), "--annotations",
+                               str(mini_quick / "annotations" / "abaw2021"), "--test-lists",
+                               *map(str, sorted((mini_quick / "test_sets").glob("*.txt"))),
+                               "--out", str(out), "--workers", "2", "--store-pcm"])
+    assert rc == 0
+    return out

@@ -176,20 +176,6 @@ def test_layouts_map_to_editions():
 
 
 # --- test_val_aff2.py end to end ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def mini_db(mini_quick, tmp_path_factory) -> Path:
-    """The quick mini dataset's database (all videos: val tracks, two-person video, faceless stretch)."""
-    import create_database
-
-    out = tmp_path_factory.mktemp("infer_db") / "db"
-    rc = create_database.main(["--videos", str(mini_quick / "videos"), "--annotations",
-                               str(mini_quick / "annotations" / "abaw2021"), "--test-lists",
-                               *map(str, sorted((mini_quick / "test_sets").glob("*.txt"))),
-                               "--out", str(out), "--workers", "2"])
-    assert rc == 0
-    return out
-
-
 def lines_of(path: Path) -> int:
     return len(path.read_text().splitlines())
 

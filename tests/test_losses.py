@@ -12,6 +12,7 @@ from models.losses import (
     masked_au_bce,
     masked_cross_entropy,
     rank_regularization,
+    reference_ccc_loss,
     tsav_expr_keep_mask,
     va_ccc_loss,
 )
@@ -205,3 +206,70 @@ def test_multitask_loss_of_an_expr_va_layout_trains_identity_va_unclipped():
     assert parts["va"].item() == pytest.approx(ccc_loss(out[:, 7:].detach(), target["va"]).item())
     total.backward()
     assert out.grad[0, 7] != 0  # 1.5 lies outside [-1, 1]: a clip there would give no gradient
+
+
+# ---------------------------------------------------------------------------------------------------
+# MTMT's published variants (--ccc-loss reference, --expr-loss-classes 8)
+
+
+def test_reference_ccc_loss_by_hand_with_invalid_rows():
+    # 3 of 6 rows valid (−5 = no label). Valid x = (1, 2, 3)/4, y = (1, 3, 2)/4: deviations (−1, 0, 1)/4 and
+    # (−1, 1, 0)/4, Σ(x − x̄)(y − ȳ) = 1/16, unbiased variances (2/16)/2 = 1/16 each, equal means.
+    # MTMT: CCC = 2·(1/16) / (6·(1/16 + 1/16)) = 1/6 → loss 5/6 (it divides by the 6 rows of the batch).
+    # Ours: population cov 1/48, variances 2/48: CCC = (2/48) / (4/48) = 1/2 → loss 1/2.
+    pred = torch.tensor([0.25, 0.9, 0.5, -0.7, 0.75, 0.1])
+    target = torch.tensor([0.25, -5.0, 0.75, -5.0, 0.5, -5.0])
+    assert float(reference_ccc_loss(pred, target)) == pytest.approx(5 / 6, abs=1e-6)
+    assert float(ccc_loss(pred, target)) == pytest.approx(1 / 2, abs=1e-6)
+    # As a consistency term the batch is the rows it selects: N = 3, CCC = 2·(1/16) / (3·(2/16)) = 1/3.
+    rows = target != -5.0
+    assert float(reference_ccc_loss(pred, target, rows, batch_rows=rows)) == pytest.approx(2 / 3, abs=1e-6)
+    # One valid row (or none) adds 0, as in both codes.
+    assert float(reference_ccc_loss(pred, torch.tensor([0.1, -5.0, -5.0, -5.0, -5.0, -5.0]))) == 0.0
+
+
+def test_reference_ccc_loss_matches_numpy_on_two_dimensions_and_masks_gradients():
+    rng = np.random.default_rng(3)
+    pred = rng.uniform(-1, 1, (10, 2))
+    target = np.clip(pred + rng.normal(0, 0.3, (10, 2)), -1, 1)
+    target[[1, 4, 5, 8], 0] = -5.0  # valence: 6 of 10 valid; arousal: all valid
+    expected = 0.0
+    for d in range(2):
+        ok = target[:, d] != -5.0
+        x, y = pred[ok, d], target[ok, d]
+        cov_sum = ((x - x.mean()) * (y - y.mean())).sum()
+        expected += 1 - 2 * cov_sum / ((x.var(ddof=1) + y.var(ddof=1) + (x.mean() - y.mean()) ** 2 + 1e-8) * 10)
+    loss, grad = loss_and_grad(reference_ccc_loss, torch.tensor(pred, dtype=torch.float32),
+                               torch.tensor(target, dtype=torch.float32))
+    assert float(loss) == pytest.approx(expected, abs=1e-5)
+    assert float(loss) > float(ccc_loss(torch.tensor(pred), torch.tensor(target))) + 0.2  # far from ours
+    assert torch.all(grad[[1, 4, 5, 8], 0] == 0) and torch.all(grad[:, 1] != 0)
+
+
+def test_multitask_loss_reference_ccc_and_eight_logit_expr():
+    g = torch.Generator().manual_seed(5)
+    out = torch.randn(5, 22, generator=g)  # mtmt: AU [0:12], EXPR [12:20] (slot 19 unused), VA [20:22]
+    targets = {"expr": torch.tensor([0, -1, 6, 3, -1]),
+               "va": torch.tensor([[0.2, 0.1], [-5.0, -5.0], [0.5, -0.3], [-0.4, 0.6], [-5.0, -5.0]])}
+    ours = MultiTaskLoss("mtmt")(out, targets)[1]
+    mtmt = MultiTaskLoss("mtmt", ccc="reference", expr_classes=8)(out, targets)[1]
+    # EXPR: −log softmax over all 8 logits at the label, mean over the 3 labelled rows (MTMT's ignore index 7).
+    logits = out[:, 12:20].double().numpy()
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    rows, labels = [0, 2, 3], [0, 6, 3]
+    assert float(mtmt["expr"]) == pytest.approx(-log_p[rows, labels].mean(), abs=1e-5)
+    assert float(ours["expr"]) == pytest.approx(float(F.cross_entropy(out[rows, 12:19], torch.tensor(labels))))
+    assert abs(float(mtmt["expr"]) - float(ours["expr"])) > 0.05
+    # With the unused slot at −∞ the softmax over 8 equals the one over 7: the only difference is that slot.
+    silent = out.clone()
+    silent[:, 19] = -torch.inf
+    torch.testing.assert_close(MultiTaskLoss("mtmt", expr_classes=8)(silent, targets)[1]["expr"], ours["expr"])
+    torch.testing.assert_close(mtmt["va"], reference_ccc_loss(torch.tanh(out[:, 20:]), targets["va"]))
+    assert abs(float(mtmt["va"]) - float(ours["va"])) > 0.5  # 3 of 5 rows valid: the CCCs shrink towards 0
+    # Defaults are today's loss; 8 logits need an 8-slot EXPR block.
+    for k, v in MultiTaskLoss("mtmt", ccc="ours", expr_classes=0)(out, targets)[1].items():
+        assert torch.equal(v, ours[k])
+    with pytest.raises(ValueError, match="8 EXPR logits"):
+        MultiTaskLoss("abaw2020", expr_classes=8)
+    with pytest.raises(ValueError, match="unknown CCC loss"):
+        MultiTaskLoss("mtmt", ccc="mtmt")

@@ -1,5 +1,8 @@
-"""models/mean_teacher.py: EMA arithmetic over a global step, BN buffers, resume, ramp-up, consistency."""
+"""models/mean_teacher.py: EMA arithmetic over a global step, BN buffers, resume, ramp-up, consistency;
+MTMT's published variants (teacher BN in train mode, ramp by whole epochs, reference CCC, 8-logit EXPR)."""
 
+import argparse
+import contextlib
 import math
 
 import numpy as np
@@ -8,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import ssl
+from models.losses import DEFAULT_TASK_WEIGHTS
 from models.mean_teacher import MeanTeacher, consistency_loss, ema_decay, sigmoid_rampup
+from tasks import LAYOUTS
 
 
 def tiny_student() -> nn.Module:
@@ -145,3 +151,148 @@ def test_consistency_all_samples_rank_term_and_gradients():
     assert labelled.item() == 0.0
     with pytest.raises(ValueError, match="unknown tasks"):
         consistency_loss(student, teacher, {"EXPR": everything["expr"]}, "mtmt")
+
+
+# ---------------------------------------------------------------------------------------------------
+# MTMT's published variants
+
+
+def numpy_reference_ccc(x, y, n_batch):
+    cov_sum = ((x - x.mean()) * (y - y.mean())).sum()
+    return 2 * cov_sum / ((x.var(ddof=1) + y.var(ddof=1) + (x.mean() - y.mean()) ** 2 + 1e-8) * n_batch)
+
+
+def test_consistency_with_eight_expr_logits_and_the_reference_ccc():
+    g = torch.Generator().manual_seed(2)
+    student, teacher = torch.randn(8, 22, generator=g), torch.randn(8, 22, generator=g)
+    teacher[[1, 3], 19] = 10.0  # the teacher's argmax is the unused slot 7 on rows 1 and 3
+    has = {"expr": torch.tensor([1, 0, 1, 0, 0, 1, 0, 0], dtype=torch.bool),
+           "va": torch.tensor([0, 1, 0, 1, 0, 0, 1, 1], dtype=torch.bool)}
+    ours = consistency_loss(student, teacher, has, "mtmt")[1]
+    mtmt = consistency_loss(student, teacher, has, "mtmt", ccc="reference", expr_classes=8)[1]
+
+    # Missing EXPR: rows 1, 3, 4, 6, 7. MTMT: softmax over 8 slots, rows 1 and 3 ignored (target 7).
+    used = [4, 6, 7]
+    torch.testing.assert_close(mtmt["expr"], F.cross_entropy(student[used, 12:20], teacher[used, 12:20].argmax(1)))
+    missing = [1, 3, 4, 6, 7]
+    torch.testing.assert_close(ours["expr"], F.cross_entropy(student[missing, 12:19],
+                                                             teacher[missing, 12:19].argmax(1)))
+    # Missing VA: rows 0, 2, 4, 5. MTMT's CCC on that subset: unbiased variances, covariance / 4 rows.
+    m = [0, 2, 4, 5]
+    s_va, t_va = np.tanh(student.double().numpy()[m, 20:]), np.tanh(teacher.double().numpy()[m, 20:])
+    expected = sum(1 - numpy_reference_ccc(s_va[:, d], t_va[:, d], 4) for d in range(2))
+    assert float(mtmt["va"]) == pytest.approx(expected, abs=1e-5)
+    assert abs(float(mtmt["va"]) - float(ours["va"])) > 0.01  # here only the (n − 1) variances differ
+    torch.testing.assert_close(mtmt["au"], ours["au"])  # untouched by both options
+
+
+def bn_student() -> nn.Module:
+    torch.manual_seed(0)
+    model = tiny_student()
+    with torch.no_grad():
+        model[1].running_mean.copy_(torch.tensor([0.5, -1.0]))
+        model[1].running_var.copy_(torch.tensor([2.0, 0.5]))
+        model[1].weight.copy_(torch.tensor([1.5, 0.7]))
+        model[1].bias.copy_(torch.tensor([0.1, -0.2]))
+    return model
+
+
+def test_teacher_bn_train_uses_batch_statistics_and_keeps_its_own_running_stats():
+    student = bn_student()
+    eval_mt, train_mt = MeanTeacher(student, bn="eval"), MeanTeacher(student, bn="train")
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        h = student[0](x)
+    bn = student[1]
+    w, b, eps = bn.weight.detach(), bn.bias.detach(), bn.eps
+    mean0, var0 = bn.running_mean.clone(), bn.running_var.clone()
+    by_running = (h - mean0) / torch.sqrt(var0 + eps) * w + b
+    by_batch = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + eps) * w + b
+
+    torch.testing.assert_close(eval_mt(x), by_running)
+    torch.testing.assert_close(train_mt(x), by_batch)
+    assert not torch.allclose(by_running, by_batch, atol=0.1)
+    # Published teacher: its forward passes move its running statistics (momentum 0.1, unbiased variance) ...
+    t_bn = train_mt.teacher[1]
+    torch.testing.assert_close(t_bn.running_mean, 0.9 * mean0 + 0.1 * h.mean(0))
+    torch.testing.assert_close(t_bn.running_var, 0.9 * var0 + 0.1 * h.var(0, unbiased=True))
+    assert int(t_bn.num_batches_tracked) == 1
+    assert torch.equal(eval_mt.teacher[1].running_mean, mean0)  # ours: a call changes nothing
+    assert not train_mt.teacher.training and not t_bn.training  # back in eval mode for validation
+    # ... and the EMA covers the parameters only: the student's buffers never reach the teacher.
+    mean1, var1 = t_bn.running_mean.clone(), t_bn.running_var.clone()
+    set_student(student, 2.0, batches=50)
+    assert train_mt.update(student) == eval_mt.update(student) == 0.0  # first update: the teacher = the student
+    for p in train_mt.teacher.parameters():
+        torch.testing.assert_close(p, torch.full_like(p, 2.0))
+    assert torch.equal(t_bn.running_mean, mean1) and torch.equal(t_bn.running_var, var1)
+    assert int(t_bn.num_batches_tracked) == 1
+    torch.testing.assert_close(eval_mt.teacher[1].running_mean, torch.full((2,), 0.2))  # ours: averaged
+    with pytest.raises(ValueError, match="teacher BatchNorm mode"):
+        MeanTeacher(student, bn="frozen")
+
+
+class Net22(nn.Module):
+    """22 outputs (mtmt layout) from a dict input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 22)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        return self.fc(inputs["x"])
+
+
+def mt_args(**over) -> argparse.Namespace:
+    base = {"ema_decay": 0.5, "consistency_weight": 0.4, "consistency": "missing", "rank_weight": 12.0,
+            "au_reduction": "sum", "rampup_epochs": 4, "rampup_by": "step", "teacher_bn": "eval",
+            "ccc_loss": "ours", "expr_loss_classes": 0}
+    return argparse.Namespace(**{**base, **over})
+
+
+def method_loss(method, epoch_progress: float):
+    torch.manual_seed(0)
+    x = torch.randn(6, 4)
+    valid = {"expr": torch.tensor([1, 0, 1, 0, 0, 0], dtype=torch.bool), "au": torch.zeros(6, 12, dtype=torch.bool),
+             "va": torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.bool)}
+    out = Net22()({"x": x + 0.1})
+    return method.extra_loss(out, {}, lambda view: {"x": x}, valid, LAYOUTS["mtmt"], DEFAULT_TASK_WEIGHTS,
+                             epoch_progress, contextlib.nullcontext)
+
+
+def test_ramp_by_whole_epochs_is_constant_within_an_epoch():
+    torch.manual_seed(0)
+    by_epoch = ssl.build_method("mean_teacher", Net22(), mt_args(rampup_by="epoch"))
+    by_step = ssl.build_method("mean_teacher", Net22(), mt_args())
+    weights = [method_loss(by_epoch, e)[1]["consistency_weight"] for e in (2.0, 2.25, 2.5, 2.999)]
+    assert weights == [pytest.approx(sigmoid_rampup(2.0, 0.4, 4))] * 4
+    assert method_loss(by_epoch, 3.0)[1]["consistency_weight"] == pytest.approx(sigmoid_rampup(3.0, 0.4, 4))
+    assert method_loss(by_epoch, 0.9)[1]["consistency_weight"] == pytest.approx(0.4 * math.exp(-5))  # w(0)
+    assert method_loss(by_step, 2.5)[1]["consistency_weight"] == pytest.approx(sigmoid_rampup(2.5, 0.4, 4))
+    assert method_loss(by_step, 2.5)[1]["consistency_weight"] > weights[0]
+    assert ssl.ramp_position(7.75, "epoch") == 7.0 and ssl.ramp_position(7.75, "step") == 7.75
+    with pytest.raises(ValueError, match="rampup-by"):
+        ssl.ramp_position(1.0, "batch")
+
+
+def test_method_passes_the_mtmt_flags_on():
+    torch.manual_seed(0)
+    student = Net22()
+    args = mt_args(teacher_bn="train", ccc_loss="reference", expr_loss_classes=8)
+    method = ssl.build_method("mean_teacher", student, args)
+    assert method.teacher.bn == "train"
+    term, logs = method_loss(method, 20.0)
+    torch.manual_seed(0)
+    x = torch.randn(6, 4)
+    valid = {"expr": torch.tensor([1, 0, 1, 0, 0, 0], dtype=torch.bool), "au": torch.zeros(6, 12, dtype=torch.bool),
+             "va": torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.bool)}
+    out = Net22()({"x": x + 0.1})
+    expected, _ = consistency_loss(out, method.teacher.teacher({"x": x}), valid, "mtmt", ccc="reference",
+                                   expr_classes=8)
+    torch.testing.assert_close(logs["consistency"], expected.detach())
+    default = ssl.build_method("mean_teacher", student, argparse.Namespace(
+        **{k: v for k, v in vars(mt_args()).items() if k not in ("rampup_by", "teacher_bn", "ccc_loss",
+                                                                  "expr_loss_classes")}))
+    assert default.teacher.bn == "eval"  # a Namespace without the new flags keeps today's behaviour
+    with pytest.raises(ValueError, match="consistency-weight > 0"):
+        ssl.build_method("mean_teacher", student, mt_args(teacher_bn="train", consistency_weight=0))

@@ -1,5 +1,6 @@
 """train.py / app.training: resume equality, 2-process DDP, bad inputs, checkpoints, predictions, learning."""
 
+import csv
 import json
 import os
 import socket
@@ -94,6 +95,19 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(db, tmp_path, cap
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     rows = (tmp_path / "split" / "log.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].split(",")[0] == "0" and rows[2].split(",")[0] == "1"
+
+
+def test_eval_every_validates_every_n_epochs_and_the_last(db, tmp_path, capsys):
+    out = tmp_path / "run"
+    result = training.run(args_for(db, out, "--model", "resnet18", "--epochs", "3", "--eval-every", "2"))
+    with open(out / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert [r["val_total"] != "" for r in rows] == [False, True, True]  # epoch 1 (every 2nd) and the last
+    assert "epoch 0: loss" in capsys.readouterr().out and result["best_epoch"] in (1, 2)
+    assert read_checkpoint(out / "last.pth")["epoch"] == 2 and (out / "best.pth").is_file()
+    # a --stop-after stop validates too, so the run's best.pth always exists
+    assert training.validates(0, 5, 1, 10) and not training.validates(1, 5, 10, 10)
 
 
 def overwritten_run(out: Path) -> tuple[Path, Path]:

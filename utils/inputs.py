@@ -24,6 +24,7 @@ import numpy as np
 
 INPUT_KINDS = ("clip_audio", "frame", "frame_block")
 MASK_KINDS = ("tsav", "mtmt")
+AUDIO_WINDOWS = ("centred", "reference")
 CROP = 112  # size of the stored aligned crops
 
 PIXELS = "pixels"  # raw sample key: uint8 frames, laid out by kind (see the module docstring)
@@ -55,6 +56,9 @@ class InputSpec:
     size: int = CROP  # the 112×112 crops are resized to size × size
     mask: str | None = "tsav"
     audio_seconds: float = 10.0
+    # 'centred': a slice of the video's log-mel centred on the frame (ours); 'reference': TSAV's per-frame
+    # computation from the waveform (data.audio.reference_window_db), which published checkpoints were trained on.
+    audio_window: str = "centred"
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
@@ -65,6 +69,8 @@ class InputSpec:
             raise ValueError(f"mask must be None or one of {MASK_KINDS}, got {self.mask!r}")
         if self.kind == "frame" and self.clip_len != 1:
             raise ValueError(f"a 'frame' input has clip_len 1, got {self.clip_len}")
+        if self.audio_window not in AUDIO_WINDOWS:
+            raise ValueError(f"audio_window must be one of {AUDIO_WINDOWS}, got {self.audio_window!r}")
         if (self.kind == "clip_audio") != (self.audio_seconds > 0):
             raise ValueError(f"only the 'clip_audio' kind has an audio window (audio_seconds > 0): {self}")
 

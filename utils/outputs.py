@@ -9,10 +9,18 @@ is that (MTMT's self-cure model also returns its attention weights). From it:
 3. ``decide`` (for an edition: its classes and AU columns) or ``decide_layout`` (the layout's own classes
    and AUs, e.g. a per-frame CSV): {'VA', 'EXPR' class codes, 'AU' 0/1}.
 
-A ``DecisionProfile`` says how 2 and 3 are done. The one profile today, ``default``: VA by the layout's
-activation (tanh, or the raw value clipped to [−1, 1]), EXPR = argmax over the classes served, AU = 1
-where its probability (sigmoid) ≥ the threshold (0.5 unless a flag says otherwise). Training validation,
-test_val_aff2.py, the --video report and the bench all call these functions.
+A ``DecisionProfile`` says how 2 and 3 are done (plain data, ``PROFILES``):
+
+- ``default`` (ours): VA by the layout's activation (tanh, or the raw value clipped to [−1, 1]), EXPR = argmax
+  over the classes served, AU = 1 where its probability (sigmoid) ≥ the threshold (0.5 unless a flag says
+  otherwise);
+- ``tsav2020`` (TSAV's test script): VA = the raw outputs clipped to [−1, 1], no tanh; AU score = the raw
+  output clipped to [0, 1] and AU = round(score), i.e. 1 only where raw > 0.5; EXPR = argmax;
+- ``mtmt2021`` (MTMT's test script): VA = tanh, AU = round(sigmoid), i.e. 1 only where sigmoid > 0.5; EXPR =
+  argmax over the 7 classes served (MTMT's argmax over 8 logits can pick the unused slot 7, which no
+  submission may contain: README says where this differs).
+
+Training validation, test_val_aff2.py, the --video report and the bench all call these functions.
 """
 
 from __future__ import annotations
@@ -28,15 +36,28 @@ from tasks import Edition, OutputLayout, get_layout, layout_au_columns, register
 
 @dataclass(frozen=True)
 class DecisionProfile:
-    """How raw outputs become scores and decisions (see the module docstring)."""
+    """How raw outputs become scores and decisions (see the module docstring).
+
+    ``va``: 'layout' (the layout's activation), 'tanh' or 'clamp' (raw, clipped to [−1, 1]); ``au_score``:
+    'sigmoid' or 'clamp01' (raw clipped to [0, 1]); ``au_strict``: AU = 1 where score > threshold (a round())
+    instead of ≥.
+    """
 
     name: str
     description: str
+    va: str = "layout"
+    au_score: str = "sigmoid"
+    au_strict: bool = False
 
 
 PROFILES = {
-    "default": DecisionProfile("default", "VA = the layout's activation (tanh, or raw clipped to [-1, 1]); EXPR = "
-                               "argmax over the classes served; AU = 1 where sigmoid(logit) >= the threshold"),
+    "default": DecisionProfile("default", "ours: VA = the layout's activation (tanh, or raw clipped to [-1, 1]); "
+                               "EXPR = argmax over the classes served; AU = 1 where sigmoid(logit) >= the threshold"),
+    "tsav2020": DecisionProfile("tsav2020", "TSAV 2020: VA = raw clipped to [-1, 1] (no tanh); EXPR = argmax; "
+                                "AU = round(clip(raw, 0, 1)), 1 only where raw > 0.5", va="clamp", au_score="clamp01",
+                                au_strict=True),
+    "mtmt2021": DecisionProfile("mtmt2021", "MTMT 2021: VA = tanh; EXPR = argmax over the 7 classes served; "
+                                "AU = round(sigmoid), 1 only where sigmoid > 0.5", va="tanh", au_strict=True),
 }
 
 
@@ -62,33 +83,39 @@ def split_outputs(out: Tensor | tuple, layout: str | OutputLayout) -> dict[str, 
     return parts
 
 
-def va_output(va_raw: Tensor, layout: str | OutputLayout, clip: bool = True) -> Tensor:
-    """VA values from the raw B×2 VA block, by the layout's VA activation: tanh, or the raw values, clipped
-    to [−1, 1] unless ``clip`` is False (losses: a clip would stop the gradient outside the range)."""
-    if get_layout(layout).va_activation == "tanh":
+def va_output(va_raw: Tensor, layout: str | OutputLayout, clip: bool = True, activation: str = "layout") -> Tensor:
+    """VA values from the raw B×2 VA block, by the layout's VA activation (or ``activation``: 'tanh', 'clamp'):
+    tanh, or the raw values, clipped to [−1, 1] unless ``clip`` is False (losses: a clip would stop the
+    gradient outside the range)."""
+    if activation == "layout":
+        activation = "tanh" if get_layout(layout).va_activation == "tanh" else "clamp"
+    if activation == "tanh":
         return torch.tanh(va_raw)
     return va_raw.clamp(-1, 1) if clip else va_raw
 
 
 def output_scores(out: Tensor | tuple, layout: str | OutputLayout,
                   profile: str | DecisionProfile = "default") -> dict[str, Tensor]:
-    """Per-frame scores of a batch of outputs (float32, same device): the blocks the layout has, plus 'logits'."""
-    get_profile(profile)
+    """Per-frame scores of a batch of outputs (float32, same device): the blocks the layout has, plus 'logits'.
+
+    'au_prob' is the profile's AU score: sigmoid(logit), or (tsav2020) the raw output clipped to [0, 1].
+    """
+    profile = get_profile(profile)
     layout = get_layout(layout)
     parts = {k: v.float() for k, v in split_outputs(out, layout).items()}
     scores = {}
     if "va" in parts:
-        scores["va"] = va_output(parts["va"], layout)
+        scores["va"] = va_output(parts["va"], layout, activation=profile.va)
     if "expr" in parts:
         scores["expr_prob"] = parts["expr"].softmax(dim=1)
     if "au" in parts:
-        scores["au_prob"] = torch.sigmoid(parts["au"])
+        scores["au_prob"] = parts["au"].clamp(0, 1) if profile.au_score == "clamp01" else torch.sigmoid(parts["au"])
     scores["logits"] = (out[0] if isinstance(out, tuple) else out).float()
     return scores
 
 
 def _decide(scores: dict[str, np.ndarray], n_classes: int, au_cols: list[int] | None,
-            au_threshold: float) -> dict[str, np.ndarray]:
+            au_threshold: float, strict: bool) -> dict[str, np.ndarray]:
     out = {}
     if "va" in scores:
         out["VA"] = np.clip(scores["va"], -1, 1)
@@ -96,7 +123,7 @@ def _decide(scores: dict[str, np.ndarray], n_classes: int, au_cols: list[int] | 
         out["EXPR"] = scores["expr_prob"][:, :n_classes].argmax(1)
     if "au_prob" in scores:
         au = scores["au_prob"] if au_cols is None else scores["au_prob"][:, au_cols]
-        out["AU"] = (au >= au_threshold).astype(np.int64)
+        out["AU"] = ((au > au_threshold) if strict else (au >= au_threshold)).astype(np.int64)
     return out
 
 
@@ -107,14 +134,14 @@ def decide(scores: dict[str, np.ndarray], layout: str | OutputLayout, edition: E
     EXPR is an argmax over the classes both the layout and the edition have; raises MissingAUError when the
     layout lacks an AU the edition scores.
     """
-    get_profile(profile)
+    profile = get_profile(profile)
     layout = get_layout(layout)
     au_cols = layout_au_columns(layout, edition) if "au_prob" in scores else None
-    return _decide(scores, min(layout.num_expr_classes, len(edition.expr_names)), au_cols, au_threshold)
+    return _decide(scores, min(layout.num_expr_classes, len(edition.expr_names)), au_cols, au_threshold,
+                   profile.au_strict)
 
 
 def decide_layout(scores: dict[str, np.ndarray], layout: str | OutputLayout,
                   profile: str | DecisionProfile = "default", au_threshold: float = 0.5) -> dict[str, np.ndarray]:
     """Scores → decisions in the layout's own classes and AU order (e.g. a per-frame report of one video)."""
-    get_profile(profile)
-    return _decide(scores, get_layout(layout).num_expr_classes, None, au_threshold)
+    return _decide(scores, get_layout(layout).num_expr_classes, None, au_threshold, get_profile(profile).au_strict)
