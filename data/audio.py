@@ -11,6 +11,10 @@ the audio, where the clip computation sees reflected or zero samples instead of 
 the first and last column of the window, and the one or two columns at the start / end of the audio.
 Everywhere else they agree to float32 rounding (see tests/test_audio.py for the measured numbers).
 
+Models trained by TSAV's own code (the published checkpoints) saw another window, which
+``reference_window_db`` computes exactly from the waveform: cut at the frame's own sample, its mel
+computed alone and zero-padded on the left when short (InputSpec.audio_window == 'reference').
+
 Column j of a spectrogram is the STFT frame centred on sample j * HOP, i.e. on time j * 0.01 s.
 No torchaudio: torch.stft plus our own HTK mel filterbank reproduce torchaudio's ``MelSpectrogram``
 (power 2, htk scale, no norm) followed by ``AmplitudeToDB(top_db=80)``.
@@ -207,6 +211,16 @@ def reference_segment(t: float, seconds: float, sr: int = SR) -> tuple[int, int]
     return offset, num
 
 
+_ON_DEVICE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _constants_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Hann window and the filterbank on ``device``, copied there once (not once per window)."""
+    if device not in _ON_DEVICE:
+        _ON_DEVICE[device] = (_HANN.to(device), _FILTERBANK.to(device))
+    return _ON_DEVICE[device]
+
+
 def reference_power(segment: torch.Tensor, columns: int) -> torch.Tensor:
     """(N_MELS, columns) float32 power mel of ``segment`` (float32 samples, any device) on its own.
 
@@ -218,10 +232,11 @@ def reference_power(segment: torch.Tensor, columns: int) -> torch.Tensor:
     out = torch.zeros((N_MELS, columns), dtype=torch.float32, device=segment.device)
     if segment.numel() == 0:
         return out
+    hann, filterbank = _constants_on(segment.device)
     mode = "reflect" if segment.numel() > N_FFT // 2 else "constant"
-    spec = torch.stft(segment, N_FFT, hop_length=HOP, win_length=WIN, window=_HANN.to(segment.device),
-                      center=True, pad_mode=mode, return_complex=True)
-    mel = _FILTERBANK.to(segment.device).T @ (spec.real.square() + spec.imag.square())
+    spec = torch.stft(segment, N_FFT, hop_length=HOP, win_length=WIN, window=hann, center=True, pad_mode=mode,
+                      return_complex=True)
+    mel = filterbank.T @ (spec.real.square() + spec.imag.square())
     k = min(mel.shape[1], columns)
     out[:, columns - k:] = mel[:, mel.shape[1] - k:]
     return out

@@ -13,6 +13,8 @@ indices (annotation line k+1 and official crop ``%05d.jpg`` number k+1 both mean
                                            relative to the first frame
     v/<video>/logmel                 npy   float16 (64, T) mel power in dB (not clamped, not
                                            normalised; see data.audio.window); absent without audio
+    v/<video>/pcm                    npy   int16 (samples,) the same audio as 44.1 kHz PCM (data/pcm.py);
+                                           only with --store-pcm (meta "pcm": true), absent without audio
     t/<track>                        JSON  track meta: video, person, frames, faces, "labels" (per
                                            annotated task: split, names, lines, valid) and "splits"
                                            (task → Train_Set | Validation_Set | test)

@@ -10,8 +10,9 @@ bench serve exactly that. Three kinds:
   per-frame inputs, e.g. temporal statistics models).
 
 The raw sample the data layer serves is uint8 pixels under ``PIXELS`` (``clip_audio``: C×T×S×S;
-``frame``: C×S×S; ``frame_block``: T×C×S×S) and, for the audio kind, the window in dB (float16) under
-``AUDIO_DB``; what the network finally sees is decided by the model's own ``prepare`` step on the device.
+``frame``: C×S×S; ``frame_block``: T×C×S×S) and, for the audio kind, the window in dB (float16 centred,
+float32 reference) under ``AUDIO_DB``; what the network finally sees is decided by the model's own
+``prepare`` step on the device.
 Also here: the log-mel normalisation of the audio input (shared by the data layer's reference window
 and the models' device-side step) and the identity colour-jitter factors.
 """
@@ -28,7 +29,7 @@ AUDIO_WINDOWS = ("centred", "reference")
 CROP = 112  # size of the stored aligned crops
 
 PIXELS = "pixels"  # raw sample key: uint8 frames, laid out by kind (see the module docstring)
-AUDIO_DB = "audio_db"  # raw sample key: (1, 64, W) float16 log-mel window in dB (clip_audio only)
+AUDIO_DB = "audio_db"  # raw sample key: (1, 64, W) log-mel window in dB, float16 (centred) or float32 (reference)
 JITTER = "jitter"  # (4,) student colour-jitter factors drawn for the sample
 TEACHER_JITTER = "teacher_jitter"  # (2,) the teacher view's brightness/contrast factors (mean teacher)
 
