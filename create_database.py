@@ -113,6 +113,11 @@ def run(args) -> int:
         print(f"merged {n} videos into {args.out}")
         return 0
     kinds = mask_kinds(args.masks)
+    if args.tsav_alignment and "tsav" not in kinds:
+        # Drawn from the pickle's own (float) landmarks, as TSAV drew them; a mask redrawn from the stored
+        # float16 landmarks would move ~14 of ~240 line pixels by 1 px.
+        kinds = (*kinds, "tsav")
+        print("--tsav-alignment: storing the TSAV line masks drawn from the pickles' landmarks (--masks tsav)")
     for folder in args.videos:
         if not Path(folder).is_dir():
             raise UsageError(f"{folder}: video folder not found (--videos)")

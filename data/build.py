@@ -241,7 +241,7 @@ def _tsav_entry(affines: list, lms: list, i: int) -> tuple[np.ndarray | None, np
     if not np.isfinite(m).all():
         return None, None
     lm = lms[i] if i < len(lms) else None
-    lm = None if lm is None else np.asarray(lm, np.float32).reshape(68, 2)
+    lm = None if lm is None else np.asarray(lm, np.float64).reshape(68, 2)  # the masks are drawn at full precision
     return m, lm
 
 

@@ -455,10 +455,16 @@ def test_tsav_alignment_import_reproduces_the_crops(mini_quick, ann, db, tmp_pat
             np.testing.assert_array_equal(face, db.get_array(key + b"/face"))
             np.testing.assert_array_equal(d.get_array(key + b"/landmarks"), db.get_array(key + b"/landmarks"))
             np.testing.assert_array_equal(d.get_array(key + b"/affine"), db.get_array(key + b"/affine"))
+            pickled = pickle.loads((pk / (f"{track}_alignment_mask.pkl" if tracks.index(track) % 2
+                                          else f"{track}.pkl")).read_bytes())["mask"]
             for i in np.flatnonzero(face)[::7]:
                 mine = jpeg(part(d, track, i, "rgb"))
                 ref_crop = jpeg(part(db, track, i, "rgb"))
-                assert np.abs(mine - ref_crop).mean() < 1.0  # masks: drawn from the (equal) landmarks
+                assert np.abs(mine - ref_crop).mean() < 1.0
+                # the TSAV mask is stored, drawn from the pickle's landmarks (not from the float16 ones)
+                drawn = masks.render("tsav", np.asarray(pickled[i], np.float64))
+                np.testing.assert_array_equal(masks.decode_png(part(d, track, i, "tsav")), drawn)
+        assert d.schema()["masks"] == ["tsav"]
 
 
 def test_limit_limit_frames_masks_and_rebuild_on_other_options(mini_quick, ann, tmp_path):
