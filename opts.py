@@ -314,8 +314,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-samples", type=_count, default=0,
                    help="validate on a fixed seeded subset of this many labelled frames (0: all of them)")
     g.add_argument("--eval-every", type=_positive_int, default=1,
-                   help="validate (after the precise-BN pass) every N epochs and after the last one; last.pth is "
-                   "still written every epoch. --patience counts validations")
+                   help="validate (after the precise-BN pass) and write checkpoints and log rows every N epochs "
+                   "and after the last one (a killed run resumes from its last validated epoch); --patience counts "
+                   "validations")
     g.add_argument("--eval-batch-size", type=_positive_int, default=64, help="clips per validation step")
     g.add_argument("--precise-bn", type=_count, default=0,
                    help="before validating, recompute BatchNorm statistics of the validated model over this many "

@@ -20,7 +20,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +224,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     state: TrainState
+    pending_rows: list = field(default_factory=list)  # log rows of epochs since the last checkpoint
 
     def log(self, msg: str) -> None:
         log_main(self.info, msg)
@@ -318,8 +319,9 @@ def end_of_epoch(r: Run, epoch: int, seconds: float, train_logs: dict, scores: d
                  logger: EpochLog | None) -> None:
     """Best-score bookkeeping, last.pth (+ best.pth when better) and the epoch's log row.
 
-    ``scores`` is None for an epoch that was not validated (--eval-every): last.pth is still written, so a
-    killed run resumes from the last whole epoch, and the row has no validation columns.
+    ``scores`` is None for an epoch that was not validated (--eval-every): its row (without validation
+    columns) waits in ``r.pending_rows`` and is written with the next checkpoint, so log.csv and last.pth
+    always describe the same epochs and a killed run resumes from its last validated epoch.
     """
     state, args = r.state, r.args
     improved = scores is not None and not math.isnan(scores["total"]) and scores["total"] > state.best_score
@@ -331,11 +333,15 @@ def end_of_epoch(r: Run, epoch: int, seconds: float, train_logs: dict, scores: d
            **lr_columns(r.optimizer)}
     state.history.append(plain(row))
     if r.info.is_main:
-        parts = (r.model, r.method, r.optimizer, r.scheduler, r.scaler, r.sampler, state, scores)
-        save_atomic(checkpoint(args, *parts, full=True), out / "last.pth")
-        if improved:
-            save_atomic(checkpoint(args, *parts, full=False), out / "best.pth")
-        logger.write(row)
+        r.pending_rows.append(row)
+        if scores is not None:  # checkpoints (680 MB for TSAV with its teacher and Adam) with validations only
+            parts = (r.model, r.method, r.optimizer, r.scheduler, r.scaler, r.sampler, state, scores)
+            save_atomic(checkpoint(args, *parts, full=True), out / "last.pth")
+            if improved:
+                save_atomic(checkpoint(args, *parts, full=False), out / "best.pth")
+            for pending in r.pending_rows:
+                logger.write(pending)
+            r.pending_rows.clear()
         if scores is None:
             r.log(f"epoch {epoch}: loss {train_logs.get('loss', math.nan):.4f} | not validated (--eval-every "
                   f"{args.eval_every}) | best {state.best_score:.4f} (epoch {state.best_epoch}) | {seconds:.0f} s")

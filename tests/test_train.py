@@ -97,7 +97,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(db, tmp_path, cap
     assert len(rows) == 3 and rows[1].split(",")[0] == "0" and rows[2].split(",")[0] == "1"
 
 
-def test_eval_every_validates_every_n_epochs_and_the_last(db, tmp_path, capsys):
+def test_eval_every_validates_every_n_epochs_and_the_last(db, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     result = training.run(args_for(db, out, "--model", "resnet18", "--epochs", "3", "--eval-every", "2"))
     with open(out / "log.csv") as f:
@@ -106,6 +106,22 @@ def test_eval_every_validates_every_n_epochs_and_the_last(db, tmp_path, capsys):
     assert [r["val_total"] != "" for r in rows] == [False, True, True]  # epoch 1 (every 2nd) and the last
     assert "epoch 0: loss" in capsys.readouterr().out and result["best_epoch"] in (1, 2)
     assert read_checkpoint(out / "last.pth")["epoch"] == 2 and (out / "best.pth").is_file()
+    # killed in epoch 1, after the unvalidated epoch 0: neither a checkpoint nor a log row of epoch 0 exists,
+    # so log.csv and last.pth never disagree (a resume would start again at the last validated epoch)
+    calls = []
+    real = training.train_one_epoch
+
+    def killed_in_epoch_1(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(training, "train_one_epoch", killed_in_epoch_1)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        training.run(args_for(db, part, "--model", "resnet18", "--epochs", "3", "--eval-every", "2"))
+    assert not (part / "last.pth").exists() and not (part / "log.csv").exists()
     # a --stop-after stop validates too, so the run's best.pth always exists
     assert training.validates(0, 5, 1, 10) and not training.validates(1, 5, 10, 10)
 
