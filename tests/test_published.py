@@ -133,3 +133,29 @@ def test_split_mode_writes_the_profile_decisions_of_the_raw_outputs(tiny_publish
 def read_rows(path: Path, kind: type) -> np.ndarray:
     lines = path.read_text().splitlines()[1:]
     return np.array([[kind(x) for x in line.split(",")] for line in lines])
+
+
+@pytest.mark.slow
+def test_video_mode_decides_by_the_profile_with_the_reference_window(tiny_published_inputs, mini_quick, tmp_path,
+                                                                     capsys):
+    meta = json.loads((mini_quick / "meta.json").read_text())
+    v = next(v for v in meta["videos"] if v["has_audio"] and len(v["tracks"]) == 1)
+    src = mini_quick / v["path"]
+    ckpt = published_file(tmp_path / "TSAV416k.pth.tar", "tsav", "abaw2020", seed=3, scale=40.0)
+    assert test_val_aff2.main(["--checkpoint", str(ckpt), "--video", str(src), "--out", str(tmp_path / "one")]) == 0
+    assert "decisions tsav2020, audio window reference" in capsys.readouterr().out
+    raw = np.load(tmp_path / "one" / f"{src.stem}.npz")
+    logits, face = raw["logits"], raw["face"].astype(bool)
+    lines = (tmp_path / "one" / f"{src.stem}.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [line.split(",") for line in lines[1:]]
+    au_cols = [header.index(name) for name in ("AU1", "AU2", "AU4", "AU6", "AU12", "AU15", "AU20", "AU25")]
+    checked = 0
+    for i, row in enumerate(rows):
+        if not face[i] or not row[header.index("valence")]:
+            continue
+        np.testing.assert_allclose([float(row[header.index("valence")]), float(row[header.index("arousal")])],
+                                   np.clip(logits[i, 7:9], -1, 1), atol=1e-3)
+        assert [int(row[c]) for c in au_cols] == (logits[i, 9:17] > 0.5).astype(int).tolist()
+        checked += 1
+    assert checked > 10
