@@ -325,7 +325,10 @@ def test_learns_the_mini_dataset(tmp_path):
                         str(annotations), "--test-lists", *map(str, sorted((data / "test_sets").glob("*.txt"))),
                         "--out", str(db), "--workers", "2"], cwd=ROOT, check=True)
     out = tmp_path / "run"
-    assert train.main([f"@{demo_args_file()}", "--db", str(db), "--output-dir", str(out), "--no-progress"]) == 0
+    # The demo's flags, 28 of its epochs (≈ 8 min on 2 cores; the whole demo trains longer for its higher scores):
+    # measured EXPR F1 0.90 / VA CCC 0.58 on 2026-12-01, deterministic on a given machine and thread count.
+    assert train.main([f"@{demo_args_file()}", "--db", str(db), "--output-dir", str(out), "--no-progress",
+                       "--epochs", "28"]) == 0
     pred = tmp_path / "pred"
     assert test_val_aff2.main(["--checkpoint", str(out / "best.pth"), "--db", str(db), "--split", "val",
                                "--edition", "abaw2021", "--annotations", str(annotations), "--out", str(pred),
