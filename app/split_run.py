@@ -7,6 +7,11 @@ scores, checked with the submission checker, and on val scored with the official
 a face keep the model's own prediction unless ``--faceless fill``. Track names from the database become
 file names only after ``utils.paths.safe_component`` accepted them.
 
+Formats (``--format``, 'auto' = the edition's own): per-video folders (2020–2022), one file per task (2023+),
+or one multi-task file (``submission/MTL_predictions.txt``, abaw4): its rows are the images the split lists
+(val: the validation multi-task annotation file; test: the multi-task test lists, else every frame), so
+those decide the tracks predicted.
+
 The files are written as one set (``utils.output_set``): staged in a hidden folder inside ``--out``, moved
 into place together once complete, replacing only the files of the same kind of an earlier run; whatever
 else ``--out`` holds is never touched.
@@ -24,15 +29,33 @@ import torch
 from tqdm import tqdm
 
 from app import inference
-from app.submission import check_submission, score_submission, write_per_video, write_single_file
-from data.annotations import read_test_lists
+from app.submission import (
+    check_submission,
+    listed_images,
+    read_test_list,
+    score_submission,
+    write_mtl,
+    write_per_video,
+    write_single_file,
+)
+from data.annotations import MTL_FILES, find_mtl_file, length_tolerance, read_test_lists, task_of_list
 from data.reader import open_store
 from data.tracks import split_tracks, stored_tracks, unlabelled_tracks
 from models.base import model_layout
 from models.registry import load_model
-from tasks import BLOCK_OF_TASK, TASKS, VAL_SPLIT, Edition, MissingAUError, OutputLayout, get_edition, layout_au_columns
+from tasks import (
+    AU_NAMES_12,
+    BLOCK_OF_TASK,
+    TASKS,
+    VAL_SPLIT,
+    Edition,
+    MissingAUError,
+    OutputLayout,
+    get_edition,
+    layout_au_columns,
+)
 from utils.dist import pick_device
-from utils.metrics import format_scores, write_json
+from utils.metrics import format_scores, total_score, write_json
 from utils.output_set import OutputSet
 from utils.outputs import decide
 from utils.paths import safe_component
@@ -134,13 +157,125 @@ def legacy_split_staging(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
-def write_submission(folder: Path, preds: dict[str, dict[str, np.ndarray]], edition: Edition, fmt: str) -> Path:
+# --- the submission files of a split run ----------------------------------------------------------
+MTL_FILE = "MTL_predictions.txt"  # the multi-task submission inside submission/
+
+
+def submission_format(fmt: str, edition: Edition) -> str:
+    """``--format``: 'auto' is the edition's own format (abaw4: mtl; the others: per-video)."""
+    return edition.submission if fmt == "auto" else fmt
+
+
+def check_mtl_serves(layout: OutputLayout, edition: Edition) -> None:
+    """PredictError unless the model has all three tasks and the edition the MTL file's 12 AUs."""
+    missing = [task for task in TASKS if not layout.has(BLOCK_OF_TASK[task])]
+    if missing:
+        raise PredictError(f"an MTL submission needs VA, EXPR and AU outputs: a checkpoint with layout "
+                           f"{layout.name!r} has none for {', '.join(missing)}")
+    if edition.au_names != AU_NAMES_12:
+        raise PredictError(f"an MTL submission holds 12 AUs; {edition.name} has {len(edition.au_names)}: "
+                           "use --edition abaw4")
+
+
+def merge_listed(into: dict[str, list[int] | None], more: dict[str, list[int] | None]) -> None:
+    """Add ``more`` to ``into`` ({track: frames}, None = every frame, which absorbs any list)."""
+    for track, frames in more.items():
+        if frames is None or (track in into and into[track] is None):
+            into[track] = None
+        else:
+            into[track] = sorted(set(into.get(track) or ()) | set(frames))
+
+
+def mtl_images(args: argparse.Namespace) -> dict[str, list[int]]:
+    """{track: the frames its rows list} of an MTL submission of the split, checked before any work.
+
+    val: the images of the validation multi-task file of ``--annotations``; test: the multi-task lists among
+    ``--test-lists`` (a list whose file name names one task is for that task only), else every frame of every
+    unlabelled track. Every track must be in the database. Listed frames past a track's last frame (official
+    frame numbers can run a few frames past our decoding) get its last frame's decisions (``hold_last``);
+    more than ``data.annotations.length_tolerance`` of them is an error.
+    """
+    db = open_store(args.db)
+    listed: dict[str, list[int] | None] = {}
+    if args.split == "val":
+        f = find_mtl_file(args.annotations, VAL_SPLIT)
+        if f is None:
+            raise PredictError(f"{args.annotations}: no {MTL_FILES[VAL_SPLIT]} (--annotations): the MTL "
+                               "submission of val lists its images")
+        merge_listed(listed, dict(listed_images(f)))
+    elif args.test_lists:
+        for f in args.test_lists:
+            if task_of_list(f) is None:
+                merge_listed(listed, read_test_list(f))
+        if not listed:
+            raise PredictError("--test-lists: no multi-task list (a list named for VA, EXPR or AU is for that "
+                               "task only)")
+    else:
+        listed = {track: None for track in unlabelled_tracks(db)}
+    if not listed:
+        raise PredictError(f"{args.db}: no track in the {args.split} split")
+    counts = {t.name: int(t.video_meta.get("frames", 0)) for t in stored_tracks(db)}
+    missing = sorted(set(listed) - set(counts))
+    if missing:
+        raise PredictError(f"MTL rows of tracks not in {args.db}: {', '.join(missing[:10])}")
+    images = {}
+    for track, frames in sorted(listed.items()):
+        n = counts[track]
+        images[track] = list(range(1, n + 1)) if frames is None else list(frames)
+        if max(images[track], default=0) - n > length_tolerance(n):
+            raise PredictError(f"{track}: images listed up to frame {max(images[track])}, but it has {n} frames")
+    return images
+
+
+def hold_last(subs: dict[str, dict[str, np.ndarray]], images: dict[str, list[int]]) -> None:
+    """Extend each track's decisions in ``subs`` to its last listed frame by repeating its last frame's."""
+    for track, frames in images.items():
+        n = len(subs["VA"][track])
+        past = max(frames, default=0) - n
+        if past > 0:
+            print(f"note: {track}: {past} listed images past its {n} frames hold the last frame's decisions")
+            for per_track in subs.values():
+                last = per_track[track][-1:]
+                per_track[track] = np.concatenate([per_track[track], np.repeat(last, past, axis=0)])
+
+
+def write_submission(folder: Path, preds: dict[str, dict[str, np.ndarray]], edition: Edition, fmt: str,
+                     images: dict[str, list[int]] | None = None) -> Path:
+    """Write the submission of ``fmt`` (per-video folders, a file per task, or the MTL file of ``images``)."""
     if fmt == "per-video":
         return write_per_video(folder, preds, edition)
     folder.mkdir(parents=True, exist_ok=True)
+    if fmt == "mtl":
+        write_mtl(folder / MTL_FILE, preds, images)
+        return folder
     for task, tracks in preds.items():
         write_single_file(folder / f"{task}_predictions.txt", task, tracks)
     return folder
+
+
+def submission_parts(folder: Path, fmt: str, tasks: list[str]) -> list[tuple[Path, list[str]]]:
+    """The submission as the checker and the scorer take it: (path, its tasks), the folder or each file."""
+    if fmt == "per-video":
+        return [(folder, tasks)]
+    if fmt == "mtl":
+        return [(folder / MTL_FILE, tasks)]
+    return [(folder / f"{task}_predictions.txt", [task]) for task in tasks]
+
+
+def check_parts(parts: list[tuple[Path, list[str]]], edition: Edition, expected: dict) -> list:
+    return [p for path, tasks in parts for p in check_submission(path, edition, {t: expected[t] for t in tasks})]
+
+
+def score_parts(parts: list[tuple[Path, list[str]]], annotations: str, edition: Edition) -> dict:
+    """The val scores of the submission; of files per task: their task scores together, with their total."""
+    if len(parts) == 1:
+        return score_submission(parts[0][0], annotations, edition, VAL_SPLIT)
+    out: dict = {"edition": edition.name}
+    for path, _ in parts:
+        scores = score_submission(path, annotations, edition, VAL_SPLIT)
+        out.update({key: scores[key] for key in ("va", "expr", "au") if key in scores})
+    out["total"] = total_score(out)
+    return out
 
 
 def run_split(args: argparse.Namespace) -> dict:
@@ -149,8 +284,15 @@ def run_split(args: argparse.Namespace) -> dict:
     model = load_checkpoint_model(args.checkpoint, device, args.decision, args.audio_window)
     layout = model_layout(model)
     edition = get_edition(args.edition)
+    fmt = submission_format(args.format, edition)
     check_serves(layout, edition)  # fail before any work
-    wanted = served_tasks(tracks_of_split(args.db, args.split, args.test_lists), layout)
+    images = None
+    if fmt == "mtl":  # one file for every task: the rows it lists decide the tracks
+        check_mtl_serves(layout, edition)
+        images = mtl_images(args)
+        wanted = {task: sorted(images) for task in TASKS}
+    else:
+        wanted = served_tasks(tracks_of_split(args.db, args.split, args.test_lists), layout)
     if args.tracks is not None:
         unknown = sorted(set(args.tracks) - {t for ts in wanted.values() for t in ts})
         if unknown:
@@ -164,13 +306,18 @@ def run_split(args: argparse.Namespace) -> dict:
                         legacy=[legacy_split_staging(out)])
     with outputs as staging:
         subs, rows, frames, seconds = predict_tracks(args, model, device, edition, wanted, tracks, staging)
-        write_submission(staging / "submission", subs, edition, args.format)
-        expected = {task: {t: len(subs[task][t]) for t in ts} for task, ts in wanted.items()}
-        problems = check_submission(staging / "submission", edition, expected)
+        if images is not None:
+            images = {t: images[t] for t in tracks}
+            hold_last(subs, images)
+        write_submission(staging / "submission", subs, edition, fmt, images)
+        expected = {task: {t: images[t] if images is not None else len(subs[task][t]) for t in ts}
+                    for task, ts in wanted.items()}
+        parts = submission_parts(staging / "submission", fmt, list(wanted))
+        problems = check_parts(parts, edition, expected)
         written = ["submission"] + ([] if args.no_raw else ["raw"])
         scores = None
         if args.split == "val":  # scored before anything is swapped in: a failure leaves the old output
-            scores = score_submission(staging / "submission", args.annotations, edition, VAL_SPLIT)
+            scores = score_parts(parts, args.annotations, edition)
             write_json(scores, staging / "scores.json")
             written.append("scores.json")
         outputs.publish(written)

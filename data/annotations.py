@@ -310,17 +310,26 @@ def invalid_row(task: str, names: tuple[str, ...]) -> np.ndarray:
     return np.full(len(names), AU_INVALID, np.int8)
 
 
+def from_image_list(labels: TrackLabels) -> bool:
+    """Whether ``labels`` come from a multi-task file, which lists images rather than every frame."""
+    return Path(labels.source).name in MTL_FILES.values()
+
+
 def fit_length(labels: TrackLabels, n_frames: int) -> TrackLabels:
     """Pad with invalid rows or truncate so there is exactly one label per decoded frame; logs it.
 
-    INFO for a difference within ``length_tolerance`` (normal), WARNING beyond it.
+    INFO for a difference within ``length_tolerance`` (normal), WARNING beyond it. Labels of a multi-task
+    file end at the track's last listed image, so ending well before the video is normal there (INFO).
     """
     n = len(labels)
     if n == n_frames:
         return labels
     action = "padding with invalid" if n < n_frames else "truncating"
     where = labels.source or labels.track
-    if abs(n - n_frames) > length_tolerance(n_frames):
+    if n < n_frames and from_image_list(labels):
+        log.info("%s: %s of %s: last listed image is frame %d of %d; %s", where, labels.task, labels.track, n,
+                 n_frames, action)
+    elif abs(n - n_frames) > length_tolerance(n_frames):
         log.warning("%s: %s has %d label lines for %d frames (%+d, more than the %d tolerated): check that the "
                     "file belongs to this video; %s", where, labels.task, n, n_frames, n - n_frames,
                     length_tolerance(n_frames), action)

@@ -17,10 +17,14 @@ from data.annotations import (
     read_annotations,
     read_mtl_file,
 )
-from tasks import VAL_SPLIT, Edition, canonical_split, get_edition
+from tasks import AU_NAMES_12, EXPR_NAMES_8, VAL_SPLIT, Edition, canonical_split, get_edition
 from utils.metrics import score
 
 log = logging.getLogger(__name__)
+
+# An MTL file asked to be scored under an edition that cannot score it (7 classes, 8 AUs, accuracy terms) is scored
+# with this one; abaw3 and abaw4 compute the same P, and abaw3 is the name earlier results carry.
+MTL_FALLBACK = "abaw3"
 
 
 def score_submission(pred_path: str | Path, annotations: str | Path, edition: str | Edition,
@@ -29,17 +33,15 @@ def score_submission(pred_path: str | Path, annotations: str | Path, edition: st
 
     Per-video files: each annotation track is fitted to the prediction's length (one line per frame).
     Single files: only the listed rows are scored, against the uni-task folders; an MTL file is scored
-    against the multi-task annotation file with the abaw3 metrics. A submission that leaves more labelled
-    frames of a track unpredicted than app.submission.coverage tolerates is a SubmissionError unless
-    ``allow_partial``.
+    against the multi-task annotation file with the P of ABAW3/4 (``mtl_edition``). A submission that leaves
+    more labelled frames of a track unpredicted than app.submission.coverage tolerates is a SubmissionError
+    unless ``allow_partial``.
     """
     split = canonical_split(split)
     kind = submission_kind(pred_path)
     preds = read_predictions(pred_path, edition)
     if kind == "MTL":
-        if get_edition(edition).name != "abaw3":
-            log.warning("note: an MTL submission is scored with the abaw3 metrics")
-        edition = "abaw3"
+        edition = mtl_edition(edition)
         mtl = find_mtl_file(annotations, split)
         if mtl is None:
             raise SubmissionError(f"{annotations}: no {MTL_FILES[split]} to score the MTL submission against")
@@ -49,6 +51,17 @@ def score_submission(pred_path: str | Path, annotations: str | Path, edition: st
     pairs = {task: align(pred_path, task, preds[task], truths.get(task, {}), annotations, split,
                          per_video=kind == "per_video", allow_partial=allow_partial) for task in preds}
     return score({t: p for t, (p, _) in pairs.items()}, {t: lab for t, (_, lab) in pairs.items()}, edition)
+
+
+def mtl_edition(edition: str | Edition) -> Edition:
+    """The edition an MTL file is scored with: the one asked for when it scores the file's 8 classes and 12 AUs
+    by F1 alone (abaw3, abaw4: the same P), else ``MTL_FALLBACK``, with a note."""
+    ed = get_edition(edition)
+    fits = (ed.expr_names, ed.au_names) == (EXPR_NAMES_8, AU_NAMES_12)
+    if fits and ed.expr_weights == ed.au_weights == (1.0, 0.0):
+        return ed
+    log.warning("note: an MTL submission is scored with the %s metrics, not %s's", MTL_FALLBACK, ed.name)
+    return get_edition(MTL_FALLBACK)
 
 
 def align(pred_path, task: str, preds: dict[str, TrackLabels], truths: dict[str, TrackLabels],
