@@ -12,10 +12,12 @@ import re
 import tasks
 
 EDITIONS = tuple(tasks.EDITIONS)
-# Names of the model families and semi-supervised methods (models.registry.MODELS, models.ssl.METHODS);
+# Names of the model families, semi-supervised methods and decision profiles (models.registry.MODELS,
+# models.ssl.METHODS, utils.outputs.PROFILES);
 # spelled here so that parsing flags imports no torch.
-MODELS = ("tsav", "mtmt", "resnet18")
+MODELS = ("tsav", "mtmt", "resnet18", "emma")
 SSL_METHODS = ("none", "mean_teacher")
+DECISIONS = ("default", "tsav2020", "mtmt2021", "emma", "emma_thresholds")  # utils.outputs.PROFILES
 
 # Relative defaults shared by the scripts (the demo writes under demo_out/).
 DEFAULT_DATA = "demo_out/mini_affwild2"
@@ -354,8 +356,10 @@ def test_parser() -> argparse.ArgumentParser:
                    "or every track without annotations")
     p.add_argument("--edition", choices=EDITIONS, default="abaw2021",
                    help="edition whose classes, AU set, file format and metrics to use")
-    p.add_argument("--format", choices=("per-video", "single-file"), default="per-video",
-                   help="per-video files (2020-2022) or one file per task (2023+)")
+    p.add_argument("--format", choices=("auto",) + tasks.SUBMISSION_FORMATS, default="auto",
+                   help="per-video files (2020-2022), one file per task (2023+), or one multi-task file (mtl: "
+                   "s-Aff-Wild2 rows image,valence,arousal,expression,aus for the listed images); auto: the "
+                   "edition's own (mtl for abaw4, per-video otherwise)")
     p.add_argument("--out", default="demo_out/test_val",
                    help="output folder: this run's files (submission/, raw/, scores.json; with --video the video's "
                    "files) are replaced together once complete, anything else in it is left alone")
@@ -377,7 +381,7 @@ def test_parser() -> argparse.ArgumentParser:
                    help="average the outputs of each clip and its mirror image (off by default)")
     p.add_argument("--smooth", type=_positive_int, default=1,
                    help="centred moving average over N frames of VA and the probabilities (1 = off)")
-    p.add_argument("--decision", default="auto", choices=("auto", "default", "tsav2020", "mtmt2021"),
+    p.add_argument("--decision", default="auto", choices=("auto", *DECISIONS),
                    help="how raw outputs become VA, EXPR and AU (auto: a published checkpoint's own authors' "
                         "rule, ours otherwise; see README, decision profiles)")
     p.add_argument("--audio-window", default="auto", choices=("auto", "centred", "reference"),

@@ -8,8 +8,9 @@ these names. Everything here is plain data plus small look-ups:
 - class and AU lists: EXPR with 7 classes (2020, 2021), 8 (2022+, with Other) and the 6 basic classes of
   the ABAW4 synthetic-data track (no Neutral; their Aff-Wild2 codes are 1–6, ``EXPR_CODES_6``); AU with 8
   (2020) and 12 (2021+).
-- editions: what a challenge edition scores (its classes, AUs and metric weights). A new track is one
-  more ``Edition`` in ``EDITIONS``; the command lines offer every registered edition.
+- editions: what a challenge edition scores (its classes, AUs and metric weights) and the submission
+  format it takes. A new track is one more ``Edition`` in ``EDITIONS``; the command lines offer every
+  registered edition.
 - output layouts: which output column of a model means what. A layout has some or all of the three
   blocks, in its own order, a VA activation ("tanh", or "identity" = the raw value, clipped to [−1, 1]
   for predictions) and the edition its validation scores by default.
@@ -49,19 +50,27 @@ VA_ACTIVATIONS = ("tanh", "identity")
 
 @dataclass(frozen=True)
 class Edition:
-    """What an edition scores: its class and AU sets and the (F1, accuracy) weights of each score."""
+    """What an edition scores: its class and AU sets and the (F1, accuracy) weights of each score.
+
+    ``submission``: the file format its challenge takes (one of ``SUBMISSION_FORMATS``): per-video files
+    (2020–2022 uni-task tracks) or one multi-task file ("mtl", s-Aff-Wild2: one row per listed image).
+    """
 
     name: str
     expr_names: tuple[str, ...]
     au_names: tuple[str, ...]
     expr_weights: tuple[float, float]
     au_weights: tuple[float, float]
+    submission: str = "per-video"
 
 
+SUBMISSION_FORMATS = ("per-video", "single-file", "mtl")
 EDITIONS: dict[str, Edition] = {
     "abaw2020": Edition("abaw2020", EXPR_NAMES_7, AU_NAMES_8, (0.67, 0.33), (0.5, 0.5)),
     "abaw2021": Edition("abaw2021", EXPR_NAMES_7, AU_NAMES_12, (0.67, 0.33), (0.5, 0.5)),
     "abaw3": Edition("abaw3", EXPR_NAMES_8, AU_NAMES_12, (1.0, 0.0), (1.0, 0.0)),
+    # ABAW4 multi-task track on s-Aff-Wild2: P = mean CCC(V, A) + EXPR macro-F1 (8) + AU mean F1 (12).
+    "abaw4": Edition("abaw4", EXPR_NAMES_8, AU_NAMES_12, (1.0, 0.0), (1.0, 0.0), submission="mtl"),
 }
 
 
@@ -157,6 +166,9 @@ LAYOUTS: dict[str, OutputLayout] = {
     "abaw2021": _ABAW2021,
     "mtmt": replace(_ABAW2021, name="mtmt"),
     "abaw3": OutputLayout("abaw3", ("au", "expr", "va"), 8, EXPR_NAMES_8, AU_NAMES_12, edition="abaw3"),
+    # EMMA's published order: V, A (raw, no tanh), 8 EXPR logits, 12 AU logits.
+    "emma": OutputLayout("emma", ("va", "expr", "au"), 8, EXPR_NAMES_8, AU_NAMES_12, va_activation="identity",
+                         edition="abaw4"),
 }
 
 

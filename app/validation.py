@@ -84,7 +84,9 @@ def precise_bn(model: nn.Module, dataset: ClipDataset, index: list[int], args: a
     The momentum averages collected while the weights moved lag behind the final weights; at CPU-demo scale
     that shifts eval-mode outputs (arousal by ~0.4). Only BatchNorm layers run in train mode here (no dropout).
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # Frozen BatchNorms (e.g. EMMA's DAN, no trainable parameters) keep their pretrained statistics.
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+           and any(p.requires_grad for p in m.parameters())]
     if not bns or not index:
         return
     was_training = model.training

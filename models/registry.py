@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models import frame_cnn, tsav, tsav_weights
+from models import emma, frame_cnn, tsav, tsav_weights
+from models.dan import load_dan
 from tasks import OutputLayout, get_layout, layout_for_num_outputs
 from utils.checkpoint import CheckpointError, check_keys, read_checkpoint, state_dict_of
 from utils.inputs import InputSpec
@@ -26,6 +27,9 @@ class Family:
     detect: Callable[[Mapping[str, Tensor]], bool]
     infer_layout: Callable[[Mapping[str, Tensor], str | Path], OutputLayout]
     default_input: Callable[[], InputSpec]
+    # constructor options a state dict implies (e.g. EMMA's ViT size), for loading it
+    options_of: Callable[[Mapping[str, Tensor]], dict] = lambda state: {}
+    variants: tuple[str, ...] = ()  # model sizes build_model(variant=...) takes (none: one size)
 
 
 def _frame_layout(state: Mapping[str, Tensor], path: str | Path) -> OutputLayout:
@@ -43,6 +47,8 @@ MODELS: dict[str, Family] = {
                    lambda s, p: tsav_weights.infer_layout("mtmt", s, p), lambda: tsav.default_input("mtmt")),
     "resnet18": Family(frame_cnn.FrameResNet, frame_cnn.detect_frame_resnet, _frame_layout,
                        lambda: InputSpec.frame(size=112)),
+    "emma": Family(emma.EMMA, emma.detect_emma, emma.infer_layout, lambda: InputSpec.frame(size=224),
+                   lambda state: {"variant": emma.variant_of(state)}, tuple(emma.VARIANTS)),
 }
 
 
@@ -59,11 +65,21 @@ def _family(name: str) -> Family:
 
 def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, input_spec: InputSpec | None = None,
                 video_init: str | Path | None = None, audio_init: str | Path | None = None,
-                backbone_init: str | Path | None = None) -> nn.Module:
+                backbone_init: str | Path | None = None, dan_init: str | Path | None = None, variant: str | None = None,
+                options: Mapping[str, object] | None = None) -> nn.Module:
     """A fresh model ``name`` for ``layout`` and ``input_spec`` (its family's default when None), optionally
-    initialised from local torchvision weight files (Kinetics/ImageNet)."""
+    initialised from local weight files: torchvision Kinetics/ImageNet (tsav, mtmt, resnet18); for emma an MAE
+    ViT (``backbone_init``) and DAN's AffectNet-8 file (``dan_init``). ``variant``: the size of a family that
+    has several (emma: base, tiny); ``options``: further constructor options (e.g. emma's ``dan_bn``)."""
     family = _family(name)
-    model = family.cls(layout=layout, dropout=dropout, input_spec=input_spec or family.default_input())
+    kwargs = dict(options or {})
+    if variant is not None:
+        if variant not in family.variants:
+            raise ValueError(f"model {name} has no size {variant!r} (its sizes: {', '.join(family.variants) or 'one'})")
+        kwargs["variant"] = variant
+    model = family.cls(layout=layout, dropout=dropout, input_spec=input_spec or family.default_input(), **kwargs)
+    if dan_init and name != "emma":
+        raise ValueError(f"--dan-init is for emma, not {name}")
     inits = {"video_init": video_init, "audio_init": audio_init, "backbone_init": backbone_init}
     given = [k for k, v in inits.items() if v]
     if name in ("tsav", "mtmt"):
@@ -73,6 +89,14 @@ def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, inp
             tsav_weights.init_video_from(model, video_init)
         if audio_init:
             tsav_weights.init_audio_from(model, audio_init)
+    elif name == "emma":
+        if video_init or audio_init:
+            raise ValueError("--video-init/--audio-init are for tsav/mtmt; emma takes --backbone-init (an MAE ViT) "
+                             "and --dan-init")
+        if backbone_init:
+            emma.load_mae(model, backbone_init)
+        if dan_init:
+            load_dan(model.cnn, dan_init)
     elif given:
         if video_init or audio_init:
             raise ValueError(f"--video-init/--audio-init are for tsav/mtmt; {name} takes --backbone-init")
@@ -94,7 +118,7 @@ def stored_input(obj) -> InputSpec | None:
 
 # A file without our settings (no 'arch'/'input' entries) of these families and layouts is a published
 # checkpoint: it is run as its authors ran it, by their decision rule and TSAV's per-frame audio window.
-PUBLISHED_SYSTEMS = {("tsav", "abaw2020"): "tsav2020", ("mtmt", "mtmt"): "mtmt2021"}
+PUBLISHED_SYSTEMS = {("tsav", "abaw2020"): "tsav2020", ("mtmt", "mtmt"): "mtmt2021", ("emma", "emma"): "emma"}
 
 
 def published_system(obj, arch: str, layout: OutputLayout) -> str | None:
@@ -127,10 +151,10 @@ def load_model(path: str | Path, layout: str | OutputLayout | None = None, trust
         layout = get_layout(layout)
         published = published_system(obj, arch, layout)
         spec = stored_input(obj) or family.default_input()
-        if published:
+        if published and spec.has_audio:  # the audio its authors computed (TSAV's per-frame window)
             spec = replace(spec, audio_window="reference")
         with torch.device("meta"):  # no random init: every tensor comes from the file
-            model = family.cls(layout=layout, input_spec=spec)
+            model = family.cls(layout=layout, input_spec=spec, **family.options_of(state))
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     expected = model.state_dict()

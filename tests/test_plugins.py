@@ -65,6 +65,7 @@ class Wrapper(nn.Module):
 def test_opts_spells_the_registries():
     assert opts.MODELS == tuple(MODELS) and "resnet18" in MODELS
     assert opts.SSL_METHODS == tuple(ssl.METHODS)
+    assert opts.DECISIONS == tuple(PROFILES)
     parser = opts.train_parser()
     choices = {a.dest: a.choices for a in parser._actions if a.dest in ("model", "ssl")}
     assert choices == {"model": tuple(MODELS), "ssl": tuple(ssl.METHODS)}

@@ -18,7 +18,12 @@ A ``DecisionProfile`` says how 2 and 3 are done (plain data, ``PROFILES``):
   output clipped to [0, 1] and AU = round(score), i.e. 1 only where raw > 0.5; EXPR = argmax;
 - ``mtmt2021`` (MTMT's test script): VA = tanh, AU = round(sigmoid), i.e. 1 only where sigmoid > 0.5; EXPR =
   argmax over the 7 classes served (MTMT's argmax over 8 logits can pick the unused slot 7, which no
-  submission may contain: README says where this differs).
+  submission may contain: README says where this differs);
+- ``emma`` (EMMA, ABAW4): VA = the raw outputs clipped to [−1, 1] (a linear head, no tanh); EXPR = argmax over
+  the 8 classes; AU = 1 where sigmoid(logit) ≥ the threshold (0.5 unless a flag says otherwise);
+- ``emma_thresholds``: as ``emma``, but AU = 1 where the raw logit ≥ EMMA's own per-AU threshold
+  (``EMMA_AU_LOGIT_THRESHOLDS``, from its validation code), i.e. sigmoid ≥ sigmoid(threshold); these replace
+  the threshold flag.
 
 Training validation, test_val_aff2.py, the --video report and the bench all call these functions.
 """
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tasks import Edition, OutputLayout, get_layout, layout_au_columns, registered
+from tasks import AU_NAMES_12, Edition, OutputLayout, get_layout, layout_au_columns, registered
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,9 @@ class DecisionProfile:
 
     ``va``: 'layout' (the layout's activation), 'tanh' or 'clamp' (raw, clipped to [−1, 1]); ``au_score``:
     'sigmoid' or 'clamp01' (raw clipped to [0, 1]); ``au_strict``: AU = 1 where score > threshold (a round())
-    instead of ≥.
+    instead of ≥; ``au_logit_thresholds``: (AU name, raw-logit threshold) pairs that replace the threshold
+    argument for those AUs (compared as sigmoid(logit) ≥ sigmoid(threshold), so they hold for averaged
+    probabilities too).
     """
 
     name: str
@@ -48,7 +55,12 @@ class DecisionProfile:
     va: str = "layout"
     au_score: str = "sigmoid"
     au_strict: bool = False
+    au_logit_thresholds: tuple[tuple[str, float], ...] = ()
 
+
+# EMMA's validation code binarises the AU logits at these values (AU1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26).
+EMMA_AU_LOGIT_THRESHOLDS = tuple(zip(AU_NAMES_12, (0.8, 0.8, 0.7, 0.5, 0.5, 0.5, 0.6, 0.8, 0.8, 0.8, 0.3, 0.7),
+                                     strict=True))
 
 PROFILES = {
     "default": DecisionProfile("default", "ours: VA = the layout's activation (tanh, or raw clipped to [-1, 1]); "
@@ -58,6 +70,11 @@ PROFILES = {
                                 au_strict=True),
     "mtmt2021": DecisionProfile("mtmt2021", "MTMT 2021: VA = tanh; EXPR = argmax over the 7 classes served; "
                                 "AU = round(sigmoid), 1 only where sigmoid > 0.5", va="tanh", au_strict=True),
+    "emma": DecisionProfile("emma", "EMMA (ABAW4): VA = raw clipped to [-1, 1] (no tanh); EXPR = argmax over 8; "
+                            "AU = 1 where sigmoid(logit) >= the threshold", va="clamp"),
+    "emma_thresholds": DecisionProfile("emma_thresholds", "EMMA with its validation code's per-AU thresholds on the "
+                                       "raw AU logits (0.3-0.8) instead of the threshold flag", va="clamp",
+                                       au_logit_thresholds=EMMA_AU_LOGIT_THRESHOLDS),
 }
 
 
@@ -114,8 +131,18 @@ def output_scores(out: Tensor | tuple, layout: str | OutputLayout,
     return scores
 
 
+def au_thresholds(profile: str | DecisionProfile, au_names: tuple[str, ...], au_threshold: float = 0.5
+                  ) -> float | np.ndarray:
+    """The AU threshold on the score (probability) of each of ``au_names``: the profile's per-AU logit thresholds
+    as sigmoid(threshold) where it has them (an array, one per AU), else ``au_threshold``."""
+    own = dict(get_profile(profile).au_logit_thresholds)
+    if not own:
+        return au_threshold
+    return np.array([1 / (1 + np.exp(-own[a])) if a in own else au_threshold for a in au_names])
+
+
 def _decide(scores: dict[str, np.ndarray], n_classes: int, au_cols: list[int] | None,
-            au_threshold: float, strict: bool) -> dict[str, np.ndarray]:
+            au_threshold: float | np.ndarray, strict: bool) -> dict[str, np.ndarray]:
     out = {}
     if "va" in scores:
         out["VA"] = np.clip(scores["va"], -1, 1)
@@ -137,11 +164,13 @@ def decide(scores: dict[str, np.ndarray], layout: str | OutputLayout, edition: E
     profile = get_profile(profile)
     layout = get_layout(layout)
     au_cols = layout_au_columns(layout, edition) if "au_prob" in scores else None
-    return _decide(scores, min(layout.num_expr_classes, len(edition.expr_names)), au_cols, au_threshold,
-                   profile.au_strict)
+    return _decide(scores, min(layout.num_expr_classes, len(edition.expr_names)), au_cols,
+                   au_thresholds(profile, edition.au_names, au_threshold), profile.au_strict)
 
 
 def decide_layout(scores: dict[str, np.ndarray], layout: str | OutputLayout,
                   profile: str | DecisionProfile = "default", au_threshold: float = 0.5) -> dict[str, np.ndarray]:
     """Scores → decisions in the layout's own classes and AU order (e.g. a per-frame report of one video)."""
-    return _decide(scores, get_layout(layout).num_expr_classes, None, au_threshold, get_profile(profile).au_strict)
+    layout, profile = get_layout(layout), get_profile(profile)
+    return _decide(scores, layout.num_expr_classes, None, au_thresholds(profile, layout.au_names, au_threshold),
+                   profile.au_strict)
