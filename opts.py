@@ -16,6 +16,8 @@ EDITIONS = tuple(tasks.EDITIONS)
 # models.ssl.METHODS, utils.outputs.PROFILES);
 # spelled here so that parsing flags imports no torch.
 MODELS = ("tsav", "mtmt", "resnet18", "emma")
+MODEL_SIZES = ("base", "tiny")  # sizes of the families that have several (emma: models.emma.VARIANTS)
+LOSSES = ("ours", "emma")  # models.losses.LOSS_KINDS
 SSL_METHODS = ("none", "mean_teacher")
 DECISIONS = ("default", "tsav2020", "mtmt2021", "emma", "emma_thresholds")  # utils.outputs.PROFILES
 
@@ -252,12 +254,26 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--video-init", default=None, help="torchvision r2plus1d_18 state dict (Kinetics-400) file")
     g.add_argument("--audio-init", default=None, help="torchvision resnet18 state dict (ImageNet) file")
     g.add_argument("--backbone-init", default=None,
-                   help="frame models: torchvision resnet18 state dict (ImageNet) file for the trunk")
+                   help="frame models: torchvision resnet18 state dict (ImageNet) file for the trunk; emma: the "
+                   "MAE ViT checkpoint ({'model': ...}; decoder dropped, pos_embed resampled to --size)")
+    g.add_argument("--model-size", default=None, choices=MODEL_SIZES,
+                   help="size of a model that has several (emma: base = the published ViT-B/16, tiny = a 2-block "
+                   "ViT of width 64 for tests and demos); default: the full size. An error for other models")
+    g.add_argument("--dan-init", default=None,
+                   help="emma: DAN's AffectNet-8 checkpoint ({'iter', 'model_state_dict', ...}) for the frozen CNN")
+    g.add_argument("--dan-bn", default=None, choices=("frozen", "adapt"),
+                   help="emma: DAN's BatchNorm statistics stay as loaded (frozen, the default) or adapt to the "
+                   "training frames (adapt, as the published code ran it); an error for other models")
     g = p.add_argument_group("loss and mean teacher")
-    g.add_argument("--task-weights", type=_task_weights, default="expr=3,au=1,va=1",
-                   help="supervised (and consistency) task weights")
+    g.add_argument("--loss", default="ours", choices=LOSSES,
+                   help="supervised losses: ours (masked CE, per-AU BCE means, 1 - CCC; weights expr=3,au=1,va=1) "
+                   "or emma (EMMA's: 1 - CCC with unbiased statistics and eps 1e-4, CE, BCE with per-AU "
+                   "positive weights summed over valid entries / batch size; weights 1/1/1)")
+    g.add_argument("--task-weights", type=_task_weights, default="",
+                   help="supervised (and consistency) task weights, e.g. expr=3,au=1,va=1; tasks not named keep "
+                   "the --loss default (ours: expr=3,au=1,va=1; emma: 1/1/1)")
     g.add_argument("--au-reduction", default="sum", choices=("sum", "mean"),
-                   help="per-AU BCE terms summed over AUs (MTMT) or averaged")
+                   help="per-AU BCE terms summed over AUs (MTMT) or averaged (--loss ours only)")
     g.add_argument("--tsav-filter", action="store_true",
                    help="drop EXPR labels that contradict VA (reported TSAV filtering, unverified)")
     g.add_argument("--ssl", default="none", choices=SSL_METHODS,

@@ -108,8 +108,14 @@ def make_sampler(args: argparse.Namespace, train: ClipDataset, info: dist.DistIn
 
 
 def make_model(args: argparse.Namespace, layout: OutputLayout, log) -> nn.Module:
+    """A fresh model as the model flags say (size, initial weights, EMMA's DAN BatchNorm mode)."""
+    options = {}
+    if args.dan_bn is not None:
+        if args.model != "emma":
+            raise ValueError(f"--dan-bn is for emma (its frozen DAN), not {args.model}")
+        options["dan_bn"] = args.dan_bn
     model = build_model(args.model, layout, args.dropout, input_spec(args), args.video_init, args.audio_init,
-                        args.backbone_init)
+                        args.backbone_init, dan_init=args.dan_init, variant=args.model_size, options=options)
     if args.init_from:
         init_weights(model, args.init_from, log)
     return model
@@ -272,7 +278,7 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
     edition = get_edition(args.edition)
     layout_au_columns(layout, edition)  # the layout must have every AU the edition scores
     criterion = MultiTaskLoss(layout, parse_task_weights(args.task_weights), args.au_reduction, args.tsav_filter,
-                              ccc=args.ccc_loss, expr_classes=args.expr_loss_classes)
+                              ccc=args.ccc_loss, expr_classes=args.expr_loss_classes, kind=args.loss)
     train_set, val_set, val_index = make_datasets(args, layout)
     sampler = make_sampler(args, train_set, info)
     batches = len(sampler) // args.batch_size
@@ -282,6 +288,8 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
     steps_per_epoch = optimizer_steps_per_epoch(batches, args.accum_steps)
     resume = read_resume(args.resume, args, layout, METHODS[args.ssl]) if args.resume else None
     model = make_model(args, layout, log)
+    if hasattr(model, "seed_views"):  # training views drawn on the device side: one seeded stream per rank
+        model.seed_views(args.seed + info.rank)
     log(f"{args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), layout {layout.name}, "
         f"edition {edition.name}, {info.world_size} process(es) on {info.device}; train {len(train_set.tracks)} "
         f"tracks, {len(sampler) * info.world_size} clips/epoch ({batches} batches/process, {steps_per_epoch} "

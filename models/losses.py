@@ -3,6 +3,9 @@
 Two published variants stay available for reproductions (README, reproducing MTMT): MTMT's VA loss
 (``reference_ccc_loss``, ``--ccc-loss reference``) and its EXPR cross-entropy over all 8 logits of the mtmt
 layout with the unused slot ignored as a target (``expr_classes=8``, ``--expr-loss-classes 8``).
+EMMA's published losses are a third set (``MultiTaskLoss(kind='emma')``, ``--loss emma``): ``emma_ccc``
+(unbiased statistics, ε 1e-4), the masked cross-entropy, and ``emma_au_bce`` (per-AU positive weights,
+summed over the valid entries, divided by the batch size); task weights 1/1/1.
 
 Validity is either given as boolean masks or read from the targets: EXPR outside [0, C), AU outside
 [0, 1] and VA outside [−1, 1] (the −1/−5 sentinels, NaN) are invalid. An invalid entry contributes
@@ -12,13 +15,13 @@ valid is a zero that is still attached to the graph (so ``backward()`` works and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tasks import OutputLayout, get_layout
+from tasks import AU_NAMES_12, OutputLayout, get_layout
 from utils.outputs import split_outputs, va_output
 
 # MTMT's supervised total 3·EXPR + AU + VA.
@@ -26,6 +29,14 @@ DEFAULT_TASK_WEIGHTS = {"expr": 3.0, "au": 1.0, "va": 1.0}
 
 CCC_LOSSES = ("ours", "reference")
 EXPR_LOSS_CLASSES = (0, 8)  # 0: the classes the layout serves; 8: every logit of an 8-slot EXPR block (MTMT)
+
+LOSS_KINDS = ("ours", "emma")  # --loss
+# EMMA (ABAW4): every task weight 1, ε 1e-4 in its CCC, and per-AU positive weights (about the
+# negative/positive ratio of each AU in s-Aff-Wild2 training), by AU name.
+EMMA_TASK_WEIGHTS = {"expr": 1.0, "au": 1.0, "va": 1.0}
+EMMA_CCC_EPS = 1e-4
+EMMA_AU_POS_WEIGHT = dict(zip(AU_NAMES_12, (7.10, 15.64, 5.47, 2.80, 1.52, 1.89, 3.05, 34.05, 32.48, 36.77,
+                                            0.58, 11.16), strict=True))
 
 # EXPR class ids of the TSAV filtering rules (order of tasks.EXPR_NAMES_7).
 NEUTRAL, HAPPINESS, SADNESS = 0, 4, 5
@@ -83,6 +94,34 @@ def masked_au_bce(logits: Tensor, target: Tensor, valid: Tensor | None = None, r
     return per_au.sum() if reduction == "sum" else per_au.mean()
 
 
+def emma_au_pos_weight(layout: str | OutputLayout) -> Tensor:
+    """EMMA's positive weights in the layout's AU order; ValueError for an AU EMMA has no weight for."""
+    layout = get_layout(layout)
+    unknown = [au for au in layout.au_names if au not in EMMA_AU_POS_WEIGHT]
+    if unknown:
+        raise ValueError(f"--loss emma has AU weights for {','.join(EMMA_AU_POS_WEIGHT)} only; layout "
+                         f"{layout.name!r} also has {','.join(unknown)}")
+    return torch.tensor([EMMA_AU_POS_WEIGHT[au] for au in layout.au_names])
+
+
+def emma_au_bce(logits: Tensor, target: Tensor, valid: Tensor | None, pos_weight: Tensor) -> Tensor:
+    """EMMA's AU loss: BCE-with-logits with per-AU ``pos_weight`` on the positive term, summed over the valid
+    entries and divided by the batch size B (every row, labelled or not)."""
+    if valid is None:
+        valid = au_valid_mask(target)
+    valid = valid.bool()
+    if valid.dim() == 1:
+        valid = valid[:, None]
+    valid = valid.expand_as(logits)
+    if not valid.any():
+        return _zero_like_graph(logits)
+    safe_logits = torch.where(valid, logits.float(), 0.0)
+    safe_target = torch.where(valid, target.float(), 0.0)
+    per_entry = F.binary_cross_entropy_with_logits(safe_logits, safe_target, reduction="none",
+                                                   pos_weight=pos_weight.to(logits.device, torch.float32))
+    return (per_entry * valid).sum() / logits.shape[0]
+
+
 def concordance_cc(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
     """CCC of two 1-D tensors with population (1/N) statistics, as the ABAW metric."""
     x, y = x.float(), y.float()
@@ -92,10 +131,27 @@ def concordance_cc(x: Tensor, y: Tensor, eps: float = 1e-8) -> Tensor:
     return 2 * cov / (vx + vy + (mx - my) ** 2 + eps)
 
 
-def ccc_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
-    """Σ over dimensions of (1 − CCC) on each dimension's valid rows; a dimension with < 2 valid rows adds 0.
+def emma_ccc(x: Tensor, y: Tensor, eps: float = EMMA_CCC_EPS) -> Tensor:
+    """EMMA's CCC of two 1-D tensors (≥ 2 entries): 2·ρ·s_x·s_y / (s_x² + s_y² + (x̄ − ȳ)² + eps) with the
+    unbiased (n − 1) standard deviations, where the published code also pads ρ's denominator √(Sxx·Syy) by
+    eps. Written as 2·Sxy/(n − 1) · q/(q + eps) / (...) with q = √(Sxx·Syy), which is the same number."""
+    x, y = x.float(), y.float()
+    n = x.numel()
+    mx, my = x.mean(), y.mean()
+    dx, dy = x - mx, y - my
+    sxx, syy, sxy = (dx * dx).sum(), (dy * dy).sum(), (dx * dy).sum()
+    # clamp: no infinite gradient of √ at 0 when one side is constant (the value changes by < 1e-11)
+    q = (sxx * syy).clamp_min(1e-30).sqrt()
+    vx, vy = sxx / (n - 1), syy / (n - 1)
+    return 2 * sxy / (n - 1) * (q / (q + eps)) / (vx + vy + (mx - my) ** 2 + eps)
 
-    ``pred`` is already in the target's space (e.g. tanh outputs); B×D (or B) tensors.
+
+def ccc_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None,
+             ccc: Callable[[Tensor, Tensor], Tensor] = concordance_cc) -> Tensor:
+    """Σ over dimensions of (1 − ``ccc``) on each dimension's valid rows; a dimension with < 2 valid rows adds 0.
+
+    ``pred`` is already in the target's space (e.g. tanh outputs); B×D (or B) tensors. ``ccc``: ours
+    (population statistics) or ``emma_ccc``.
     """
     if pred.dim() == 1:
         pred, target = pred[:, None], target[:, None]
@@ -110,7 +166,7 @@ def ccc_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tenso
     for d in range(pred.shape[1]):
         rows = valid[:, d]
         if rows.sum() >= 2:
-            total = total + 1 - concordance_cc(pred[rows, d], target[rows, d])
+            total = total + 1 - ccc(pred[rows, d], target[rows, d])
     return total
 
 
@@ -222,21 +278,29 @@ class MultiTaskLoss(nn.Module):
     ``targets``: {'expr': B ids, 'au': B×n_au 0/1, 'va': B×2}, any subset (a missing task adds nothing).
     ``valid``: optional boolean masks of the same keys (else read from the target values). ``ccc`` picks the
     VA loss ('ours' or MTMT's 'reference'), ``expr_classes`` the EXPR logits (0: the served classes; 8: all
-    8 slots, MTMT). The self-cure (outputs, alpha) tuple is accepted; the rank term belongs to the
-    consistency loss, not here.
+    8 slots, MTMT). ``kind='emma'``: EMMA's VA (``emma_ccc``) and AU (``emma_au_bce``) losses, task weights
+    1/1/1 unless ``weights`` says otherwise (``au_reduction`` unused; MTMT's options refused). The
+    self-cure (outputs, alpha) tuple is accepted; the rank term belongs to the consistency loss, not here.
     Returns (total, {task: unweighted loss}).
     """
 
     def __init__(self, layout: str | OutputLayout, weights: Mapping[str, float] | None = None,
                  au_reduction: str = "sum", tsav_filter: bool = False, ccc: str = "ours",
-                 expr_classes: int = 0) -> None:
+                 expr_classes: int = 0, kind: str = "ours") -> None:
         super().__init__()
         self.layout = get_layout(layout)
         if ccc not in CCC_LOSSES:
             raise ValueError(f"unknown CCC loss {ccc!r} (known: {', '.join(CCC_LOSSES)})")
+        if kind not in LOSS_KINDS:
+            raise ValueError(f"unknown loss {kind!r} (known: {', '.join(LOSS_KINDS)})")
+        if kind == "emma" and (ccc != "ours" or expr_classes):
+            raise ValueError("--loss emma has its own VA and EXPR losses: drop --ccc-loss reference and "
+                             "--expr-loss-classes 8 (MTMT's)")
         check_expr_classes(self.layout, expr_classes)
-        self.ccc, self.expr_classes = ccc, expr_classes
-        self.weights = {**DEFAULT_TASK_WEIGHTS, **(weights or {})}
+        self.ccc, self.expr_classes, self.kind = ccc, expr_classes, kind
+        base = EMMA_TASK_WEIGHTS if kind == "emma" else DEFAULT_TASK_WEIGHTS
+        self.weights = {**base, **(weights or {})}
+        self.au_pos_weight = emma_au_pos_weight(self.layout) if kind == "emma" and self.layout.has("au") else None
         unknown = set(self.weights) - set(DEFAULT_TASK_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown task weights {sorted(unknown)} (tasks: expr, au, va)")
@@ -258,11 +322,16 @@ class MultiTaskLoss(nn.Module):
                 expr_valid = expr_valid_mask(targets["expr"], self.layout.num_expr_classes)
             logits = expr_logits(outputs, self.layout, self.expr_classes) if self.expr_classes else parts["expr"]
             losses["expr"] = masked_cross_entropy(logits, targets["expr"], expr_valid)
-        if "au" in targets:
+        if "au" in targets and self.kind == "emma":
+            losses["au"] = emma_au_bce(parts["au"], targets["au"], valid.get("au"), self.au_pos_weight)
+        elif "au" in targets:
             losses["au"] = masked_au_bce(parts["au"], targets["au"], valid.get("au"), self.au_reduction)
         if "va" in targets:
-            losses["va"] = va_loss(va_output(parts["va"].float(), self.layout, clip=False), targets["va"],
-                                   valid.get("va"), self.ccc)
+            va = va_output(parts["va"].float(), self.layout, clip=False)
+            if self.kind == "emma":
+                losses["va"] = ccc_loss(va, targets["va"], valid.get("va"), ccc=emma_ccc)
+            else:
+                losses["va"] = va_loss(va, targets["va"], valid.get("va"), self.ccc)
         if not losses:
             raise ValueError("no targets given (expected any of 'expr', 'au', 'va')")
         total = sum(self.weights[task] * loss for task, loss in losses.items())
