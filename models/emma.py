@@ -38,13 +38,11 @@ from torch import Tensor, nn
 from models.base import AffectModel
 from models.dan import CLASSES as DAN_CLASSES
 from models.dan import DAN
-from models.prepare import jitter_rgb, normalise, to_unit
+from models.prepare import imagenet_input, jitter_rgb, to_unit, view_jitter
 from tasks import LAYOUTS, OutputLayout, get_layout
 from utils.checkpoint import CheckpointError, check_keys, read_checkpoint, state_dict_of
-from utils.inputs import IDENTITY_JITTER, JITTER, PIXELS, TEACHER_JITTER, InputSpec
+from utils.inputs import IDENTITY_JITTER, JITTER, PIXELS, InputSpec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PATCH = 16
 VA_HIDDEN = 256
 DROP_PATH = 0.1
@@ -138,14 +136,8 @@ class EMMA(AffectModel):
         if view == "student" and self.training:
             image = self._train_view(image, raw.get(JITTER))
         else:
-            image = resize(image, self.input_spec.size)
-            key = TEACHER_JITTER if view == "teacher" else JITTER
-            if key in raw:
-                image = jitter_rgb(image.unsqueeze(1), raw[key]).squeeze(1)
-        image = normalise(image, IMAGENET_MEAN, IMAGENET_STD, channel_dim=1)
-        if channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        return {"image": image}
+            image = view_jitter(resize(image, self.input_spec.size), raw, view)
+        return {"image": imagenet_input(image, channels_last)}
 
     def _train_view(self, image: Tensor, factors: Tensor | None) -> Tensor:
         size = self.input_spec.size

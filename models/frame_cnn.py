@@ -17,13 +17,11 @@ from torch import Tensor, nn
 from torchvision.models import resnet18
 
 from models.base import AffectModel
-from models.prepare import jitter_rgb, normalise, to_unit
+from models.prepare import imagenet_input, to_unit, view_jitter
 from tasks import OutputLayout, get_layout
 from utils.checkpoint import CheckpointError, read_state_dict
-from utils.inputs import JITTER, PIXELS, TEACHER_JITTER, InputSpec
+from utils.inputs import PIXELS, InputSpec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURES = 512
 
 
@@ -47,14 +45,8 @@ class FrameResNet(AffectModel):
     def prepare(self, raw: Mapping[str, Tensor], device: torch.device, view: str = "student",
                 channels_last: bool = False) -> dict[str, Tensor]:
         """B×3×S×S uint8 → {'image': normalised float}, jittered with the view's drawn factors when given."""
-        image = to_unit(raw[PIXELS], device)
-        key = TEACHER_JITTER if view == "teacher" else JITTER
-        if key in raw:
-            image = jitter_rgb(image.unsqueeze(1), raw[key]).squeeze(1)
-        image = normalise(image, IMAGENET_MEAN, IMAGENET_STD, channel_dim=1)
-        if channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
-        return {"image": image}
+        image = view_jitter(to_unit(raw[PIXELS], device), raw, view)
+        return {"image": imagenet_input(image, channels_last)}
 
     def to_channels_last(self) -> FrameResNet:
         self.backbone.to(memory_format=torch.channels_last)

@@ -13,7 +13,10 @@ from collections.abc import Sequence
 import torch
 import torchvision.transforms.functional as TF
 
-from utils.inputs import IDENTITY_JITTER, NORM_MEAN, NORM_STD, TOP_DB
+from utils.inputs import IDENTITY_JITTER, JITTER, NORM_MEAN, NORM_STD, TEACHER_JITTER, TOP_DB
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_unit(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -58,6 +61,19 @@ def jitter_rgb(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     for b in todo:
         out[b, :, :3] = color_jitter(images[b, :, :3], factors[b].tolist())
     return out
+
+
+def view_jitter(image: torch.Tensor, raw, view: str) -> torch.Tensor:
+    """B×3×S×S floats with the colour-jitter factors drawn for ``view`` (the teacher's or the student's),
+    unchanged when the batch carries none."""
+    key = TEACHER_JITTER if view == "teacher" else JITTER
+    return jitter_rgb(image.unsqueeze(1), raw[key]).squeeze(1) if key in raw else image
+
+
+def imagenet_input(image: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """B×3×S×S floats in [0, 1] → ImageNet-normalised (channels-last memory when asked)."""
+    image = normalise(image, IMAGENET_MEAN, IMAGENET_STD, channel_dim=1)
+    return image.contiguous(memory_format=torch.channels_last) if channels_last else image
 
 
 def finish_audio(db: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import emma, registry
+from models import emma, prepare, registry
 from models.dan import DAN
 from models.emma import EMMA, Variant
 from models.registry import build_model, load_model
@@ -268,7 +268,7 @@ def raw_batch(b: int = 4, size: int = 32, jitter: tuple = (1.3, 0.8, 1.2, 0.05))
 
 
 def normalised(x: torch.Tensor) -> torch.Tensor:
-    return (x - torch.tensor(emma.IMAGENET_MEAN)[:, None, None]) / torch.tensor(emma.IMAGENET_STD)[:, None, None]
+    return (x - torch.tensor(prepare.IMAGENET_MEAN)[:, None, None]) / torch.tensor(prepare.IMAGENET_STD)[:, None, None]
 
 
 def test_evaluation_view_resizes_and_normalises(tiny):
