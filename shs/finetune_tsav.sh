@@ -22,12 +22,9 @@
 #   reported (unverified) TSAV label filter; NPROC / TORCHRUN_ARGS as in shs/train_tsav.sh
 # Paths given as arguments or variables are relative to the current folder; the defaults to the repository.
 # Flags after the paths are appended, so they override the ones below.
-here=$PWD
-abs() { if [[ -z $1 || $1 == /* ]]; then echo "$1"; else echo "$here/$1"; fi; }
-if [[ $# -gt 0 && $1 != -* ]]; then INIT=$1; shift; fi
-if [[ $# -gt 0 && $1 != -* ]]; then DB=$1; shift; fi
-if [[ $# -gt 0 && $1 != -* ]]; then OUT=$1; shift; fi
-INIT=$(abs "${INIT:-}") DB=$(abs "${DB:-}") OUT=$(abs "${OUT:-}")
+source "$(dirname "$0")/take_paths.sh"
+take_paths INIT DB OUT -- "$@"
+set -- "${REST[@]}"
 source "$(dirname "$0")/env.sh"  # cd's to the repository: the defaults below are relative to it
 INIT=${INIT:-TSAV416k.pth.tar}
 DB=${DB:-data/affwild2_2020_db}

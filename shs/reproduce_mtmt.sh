@@ -18,12 +18,9 @@
 #   WORKERS       loader processes (default 8; the draws do not depend on it, published used 0)
 # Paths given as arguments or variables are relative to the current folder; the defaults to the repository.
 # Flags after the paths are appended, so they override the ones below (e.g. a tiny toy run).
-here=$PWD
-abs() { if [[ -z $1 || $1 == /* ]]; then echo "$1"; else echo "$here/$1"; fi; }
-if [[ $# -gt 0 && $1 != -* ]]; then INIT=$1; shift; fi
-if [[ $# -gt 0 && $1 != -* ]]; then DB=$1; shift; fi
-if [[ $# -gt 0 && $1 != -* ]]; then OUT=$1; shift; fi
-INIT=$(abs "${INIT:-}") DB=$(abs "${DB:-}") OUT=$(abs "${OUT:-}")
+source "$(dirname "$0")/take_paths.sh"
+take_paths INIT DB OUT -- "$@"
+set -- "${REST[@]}"
 source "$(dirname "$0")/env.sh"  # cd's to the repository: the defaults below are relative to it
 INIT=${INIT:-runs/tsav/best.pth}
 DB=${DB:-data/affwild2_db}

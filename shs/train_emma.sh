@@ -25,13 +25,9 @@
 #   WORKERS  loader processes per training process (default 8; the draws do not depend on it)
 # Paths given as arguments or variables are relative to the current folder; the defaults to the repository.
 # Flags after the paths are appended, so they override the ones below.
-here=$PWD
-abs() { if [[ -z $1 || $1 == /* ]]; then echo "$1"; else echo "$here/$1"; fi; }
-if [[ $# -gt 0 && $1 != -* ]]; then MAE=$1; shift; fi
-if [[ $# -gt 0 && $1 != -* ]]; then DAN=$1; shift; fi
-if [[ $# -gt 0 && $1 != -* ]]; then DB=$1; shift; fi
-if [[ $# -gt 0 && $1 != -* ]]; then OUT=$1; shift; fi
-MAE=$(abs "${MAE:-}") DAN=$(abs "${DAN:-}") DB=$(abs "${DB:-}") OUT=$(abs "${OUT:-}")
+source "$(dirname "$0")/take_paths.sh"
+take_paths MAE DAN DB OUT -- "$@"
+set -- "${REST[@]}"
 source "$(dirname "$0")/env.sh"  # cd's to the repository: the defaults below are relative to it
 MAE=${MAE:-weights/mae_norm.pth}
 DAN=${DAN:-weights/affecnet8_epoch5_acc0.6209.pth}
