@@ -59,6 +59,15 @@ def va_valid_mask(target: Tensor) -> Tensor:
     return (target >= -1) & (target <= 1)
 
 
+def entry_mask(valid: Tensor | None, target: Tensor, like: Tensor, default) -> Tensor:
+    """Per-entry validity shaped like ``like`` (B×K): ``valid`` as given (one flag per sample or per entry)
+    or, when None, ``default(target)``."""
+    valid = (default(target) if valid is None else valid).bool()
+    if valid.dim() == 1:  # one flag per sample
+        valid = valid[:, None]
+    return valid.expand_as(like)
+
+
 def masked_cross_entropy(logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
     """Mean cross-entropy over the valid samples of B×C logits and B class ids."""
     if valid is None:
@@ -76,12 +85,7 @@ def masked_au_bce(logits: Tensor, target: Tensor, valid: Tensor | None = None, r
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-    if valid is None:
-        valid = au_valid_mask(target)
-    valid = valid.bool()
-    if valid.dim() == 1:  # one flag per sample
-        valid = valid[:, None]
-    valid = valid.expand_as(logits)
+    valid = entry_mask(valid, target, logits, au_valid_mask)
     # torch.where on the inputs (not on the loss) so invalid values never reach a gradient.
     safe_logits = torch.where(valid, logits.float(), 0.0)
     safe_target = torch.where(valid, target.float(), 0.0)
@@ -107,12 +111,7 @@ def emma_au_pos_weight(layout: str | OutputLayout) -> Tensor:
 def emma_au_bce(logits: Tensor, target: Tensor, valid: Tensor | None, pos_weight: Tensor) -> Tensor:
     """EMMA's AU loss: BCE-with-logits with per-AU ``pos_weight`` on the positive term, summed over the valid
     entries and divided by the batch size B (every row, labelled or not)."""
-    if valid is None:
-        valid = au_valid_mask(target)
-    valid = valid.bool()
-    if valid.dim() == 1:
-        valid = valid[:, None]
-    valid = valid.expand_as(logits)
+    valid = entry_mask(valid, target, logits, au_valid_mask)
     if not valid.any():
         return _zero_like_graph(logits)
     safe_logits = torch.where(valid, logits.float(), 0.0)
@@ -156,12 +155,7 @@ def ccc_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None,
     if pred.dim() == 1:
         pred, target = pred[:, None], target[:, None]
         valid = None if valid is None else valid.reshape(-1, 1)
-    if valid is None:
-        valid = va_valid_mask(target)
-    valid = valid.bool()
-    if valid.dim() == 1:
-        valid = valid[:, None]
-    valid = valid.expand_as(pred)
+    valid = entry_mask(valid, target, pred, va_valid_mask)
     total = _zero_like_graph(pred)
     for d in range(pred.shape[1]):
         rows = valid[:, d]
@@ -186,10 +180,7 @@ def reference_ccc_loss(pred: Tensor, target: Tensor, valid: Tensor | None = None
         pred, target = pred[:, None], target[:, None]
         valid = None if valid is None else valid.reshape(-1, 1)
         batch_rows = None if batch_rows is None else batch_rows.reshape(-1, 1)
-    valid = (va_valid_mask(target) if valid is None else valid).bool()
-    if valid.dim() == 1:
-        valid = valid[:, None]
-    valid = valid.expand_as(pred)
+    valid = entry_mask(valid, target, pred, va_valid_mask)
     if batch_rows is not None:
         batch_rows = batch_rows.bool()
         batch_rows = (batch_rows[:, None] if batch_rows.dim() == 1 else batch_rows).expand_as(pred)
