@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import subset
 
 import create_database
 from app import inference, video_stream
@@ -139,15 +140,6 @@ def test_reference_windows_on_a_device_equal_the_function():
 
 
 # --- end to end: database → dataset, inference, --video ------------------------------------------------
-def subset(root: Path, names: list[str], dst: Path) -> Path:
-    meta = json.loads((root / "meta.json").read_text())
-    dst.mkdir(parents=True)
-    for v in meta["videos"]:
-        if v["name"] in names:
-            (dst / Path(v["path"]).name).symlink_to(root / v["path"])
-    return dst
-
-
 def build_db(mini_quick: Path, videos: Path, out: Path, *extra: str) -> None:
     rc = create_database.main([str(a) for a in ("--videos", videos, "--annotations", mini_quick / "annotations" /
                                                 "abaw2021", "--out", out, "--workers", "1", *extra)])

@@ -19,6 +19,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from helpers import subset
 
 import create_database
 from data import align, build, build_plan, chunks, masks, store, store_report, workers
@@ -37,16 +38,6 @@ SILENT = "4-30-400x300"  # no audio stream
 # --- helpers --------------------------------------------------------------------------------------
 def cli(*args) -> int:
     return create_database.main([str(a) for a in args])
-
-
-def subset(root: Path, names: list[str], dst: Path) -> Path:
-    """A videos folder holding symlinks to some of the generator's videos."""
-    meta = json.loads((root / "meta.json").read_text())
-    dst.mkdir(parents=True)
-    for v in meta["videos"]:
-        if v["name"] in names:
-            (dst / Path(v["path"]).name).symlink_to(root / v["path"])
-    return dst
 
 
 def shas(db_path: Path) -> dict[str, str]:

@@ -6,13 +6,13 @@ depth 12, so every published key name, at width 32) or the 'tiny' size; DAN keep
 import argparse
 import copy
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REFERENCE, describe, read_key_list
 from torch import nn
 
 from models import emma, prepare, registry
@@ -25,7 +25,6 @@ from utils.inputs import JITTER, PIXELS, TEACHER_JITTER, InputSpec
 from utils.optim import Schedule, build_optimizer, build_scheduler
 from utils.outputs import PROFILES, decide, decide_layout, output_scores
 
-REFERENCE = Path(os.environ.get("ABAW_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 SMALL = InputSpec.frame(size=32)
 NARROW = Variant(dim=32, depth=12, heads=2, head_hidden=16)  # every published ViT key name, tiny tensors
 
@@ -35,17 +34,7 @@ def key_file(name: str) -> dict[str, tuple[str, str]]:
     path = REFERENCE / f"checkpoint_keys_{name}.txt"
     if not path.is_file():
         pytest.skip(f"{path.name} not found (set ABAW_REFERENCE_DIR)")
-    entries = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape, dtype = line.split()
-            entries[key] = (shape, dtype)
-    return entries
-
-
-def describe(state: dict) -> dict[str, tuple[str, str]]:
-    return {k: ("scalar" if v.dim() == 0 else "x".join(map(str, v.shape)), str(v.dtype).removeprefix("torch."))
-            for k, v in state.items()}
+    return read_key_list(path)
 
 
 def randomise_bn(model: nn.Module, seed: int = 1) -> None:

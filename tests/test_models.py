@@ -2,11 +2,11 @@
 checkpoint loading (models.registry.load_model) and initialisation."""
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import REFERENCE, describe, read_key_list
 from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.video import r2plus1d_18
@@ -21,7 +21,6 @@ from utils.outputs import split_outputs, va_output
 
 # The published key lists (name shape dtype per line) live outside the repo; CI without them skips that
 # test and still checks the entry and parameter counts below.
-REFERENCE = Path(os.environ.get("ABAW_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference"))
 KEY_FILES = {"tsav": "checkpoint_keys_tsav.txt", "mtmt": "checkpoint_keys_mtmt.txt"}
 
 
@@ -51,17 +50,7 @@ def models() -> dict:
 
 
 def read_key_file(name: str) -> dict[str, tuple[str, str]]:
-    entries = {}
-    for line in (REFERENCE / KEY_FILES[name]).read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape, dtype = line.split()
-            entries[key] = (shape, dtype)
-    return entries
-
-
-def describe(state: dict) -> dict[str, tuple[str, str]]:
-    return {k: ("scalar" if v.dim() == 0 else "x".join(map(str, v.shape)), str(v.dtype).removeprefix("torch."))
-            for k, v in state.items()}
+    return read_key_list(REFERENCE / KEY_FILES[name])
 
 
 @pytest.mark.parametrize("name", ["tsav", "mtmt"])
