@@ -363,9 +363,21 @@ def test_parser() -> argparse.ArgumentParser:
     p = _OneLineErrors(
         description="Predict every frame of every video of a split from the database and write the edition's "
         "submission files (checked, and scored on val); or, with --video, predict one video file and write a "
-        "per-frame CSV, a timeline plot and optionally an overlay MP4.")
-    p.add_argument("--checkpoint", required=True,
-                   help="best.pth/last.pth of train.py, or a published TSAV/MTMT checkpoint")
+        "per-frame CSV, a timeline plot and optionally an overlay MP4; or, with --fuse, late-fuse the raw outputs of "
+        "earlier split runs into the split's submission files.")
+    p.add_argument("--checkpoint", default=None,
+                   help="best.pth/last.pth of train.py, or a published TSAV/MTMT checkpoint (required unless --fuse)")
+    p.add_argument("--fuse", nargs="+", default=None, metavar="RAW",
+                   help="late fusion instead of a model: two or more raw/ folders of earlier split runs on this --db "
+                   "(one TRACK.npz per track, any layouts); VA and the class and AU probabilities are averaged by "
+                   "name onto the edition's classes and AUs and written as this run's submission/, raw/ and "
+                   "scores.json (see README, late fusion)")
+
+    def weights(text: str) -> list[float]:
+        return [_positive_float(w) for w in text.split(",")]
+
+    p.add_argument("--fuse-weights", type=weights, default=None, metavar="W,W,...",
+                   help="with --fuse: one positive weight per folder, in order, comma-separated (default: equal)")
     p.add_argument("--db", default="demo_out/db", help="LMDB database built by create_database.py")
     p.add_argument("--split", choices=("val", "test"), default="val",
                    help="val: tracks annotated in Validation_Set (scored); test: tracks of --test-lists, "
@@ -399,7 +411,8 @@ def test_parser() -> argparse.ArgumentParser:
                    help="centred moving average over N frames of VA and the probabilities (1 = off)")
     p.add_argument("--decision", default="auto", choices=("auto", *DECISIONS),
                    help="how raw outputs become VA, EXPR and AU (auto: a published checkpoint's own authors' "
-                        "rule, ours otherwise; see README, decision profiles)")
+                        "rule, ours otherwise; with --fuse: how the fused probabilities are decided, auto = "
+                        "default; see README, decision profiles)")
     p.add_argument("--audio-window", default="auto", choices=("auto", "centred", "reference"),
                    help="audio input (auto: what the checkpoint was trained with; reference for a published "
                         "checkpoint: TSAV's per-frame mel of the waveform)")
