@@ -16,7 +16,7 @@ EDITIONS = tuple(tasks.EDITIONS)
 # models.ssl.METHODS, utils.outputs.PROFILES);
 # spelled here so that parsing flags imports no torch.
 MODELS = ("tsav", "mtmt", "resnet18", "emma")
-MODEL_SIZES = ("base", "tiny")  # sizes of the families that have several (emma: models.emma.VARIANTS)
+MODEL_SIZES = ("base", "small", "tiny")  # sizes of the families that have several (emma: models.emma.VARIANTS)
 LOSSES = ("ours", "emma")  # models.losses.LOSS_KINDS
 SSL_METHODS = ("none", "mean_teacher")
 DECISIONS = ("default", "tsav2020", "mtmt2021", "emma", "emma_thresholds")  # utils.outputs.PROFILES
@@ -219,7 +219,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="edition whose official metrics score validation (default: the layout's)")
     g.add_argument("--mask", default="tsav", choices=("tsav", "mtmt"),
                    help="which stored mask is the 4th input channel (the database must hold it)")
-    g.add_argument("--size", type=_positive_int, default=112, help="clip height and width in pixels")
+    g.add_argument("--size", type=_positive_int, default=None,
+                   help="frame height and width in pixels (default: the model's own, 112; emma 224)")
     g.add_argument("--clip-len", type=_positive_int, default=8, help="frames per clip (the labelled frame last)")
     g.add_argument("--dilation", type=_positive_int, default=6, help="spacing of the clip's frames, in source frames")
     g.add_argument("--audio-seconds", type=_positive, default=10.0, help="length of the centred log-mel window")
@@ -257,13 +258,20 @@ def train_parser() -> argparse.ArgumentParser:
                    help="frame models: torchvision resnet18 state dict (ImageNet) file for the trunk; emma: the "
                    "MAE ViT checkpoint ({'model': ...}; decoder dropped, pos_embed resampled to --size)")
     g.add_argument("--model-size", default=None, choices=MODEL_SIZES,
-                   help="size of a model that has several (emma: base = the published ViT-B/16, tiny = a 2-block "
-                   "ViT of width 64 for tests and demos); default: the full size. An error for other models")
+                   help="size of a model that has several (emma: base = the published ViT-B/16 and ResNet-18 DAN; "
+                   "small = a 4-block ViT of width 192; tiny = a 2-block ViT of width 64 on 32 px patches with a "
+                   "narrow DAN, for tests and the CPU demo); default: the full size. An error for other models")
     g.add_argument("--dan-init", default=None,
                    help="emma: DAN's AffectNet-8 checkpoint ({'iter', 'model_state_dict', ...}) for the frozen CNN")
     g.add_argument("--dan-bn", default=None, choices=("frozen", "adapt"),
                    help="emma: DAN's BatchNorm statistics stay as loaded (frozen, the default) or adapt to the "
                    "training frames (adapt, as the published code ran it); an error for other models")
+    g.add_argument("--layer-decay", type=float, default=None,
+                   help="emma: layer-wise lr decay of the ViT (lr x decay^(depth + 1 - layer)); default the "
+                   "published 0.65 (1: every layer at the full lr, e.g. from scratch); an error for other models")
+    g.add_argument("--drop-path", type=float, default=None,
+                   help="emma: stochastic depth rate of the ViT blocks (default the published 0.1); an error for "
+                   "other models")
     g = p.add_argument_group("loss and mean teacher")
     g.add_argument("--loss", default="ours", choices=LOSSES,
                    help="supervised losses: ours (masked CE, per-AU BCE means, 1 - CCC; weights expr=3,au=1,va=1) "

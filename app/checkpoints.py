@@ -92,7 +92,7 @@ def checkpoint(args: argparse.Namespace, model: nn.Module, method: Supervised, o
     if full:  # what --resume needs (tensors shared with "model" are stored once)
         ckpt.update(student=bare.state_dict(), teacher=None, optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), sampler=sampler.state_dict(),
-                    rng=rng_state(), state=asdict(state))
+                    rng=dict(rng_state(), views=bare.view_rng_state()), state=asdict(state))
         ckpt.update(method.checkpoint_entries())
     return ckpt
 

@@ -37,7 +37,7 @@ from data.clips import Augment, ClipDataset, DatasetError
 from data.sampling import EpochSampler, sampling_weights, validation_indices
 from models.base import prepare_inputs, unwrap_model
 from models.losses import MultiTaskLoss
-from models.registry import build_model, input_kind, load_model
+from models.registry import build_model, default_size, input_kind, load_model
 from models.ssl import METHODS, Supervised, build_method
 from models.tsav_weights import init_backbones_from
 from tasks import Edition, OutputLayout, get_edition, get_layout, layout_au_columns, parse_task_weights
@@ -64,6 +64,8 @@ def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespac
     args = argparse.Namespace(**vars(args))
     if args.edition is None:
         args.edition = get_layout(args.layout).edition
+    if args.size is None:
+        args.size = default_size(args.model)
     if args.select == "auto":
         args.select = METHODS[args.ssl].default_select
     if args.select == "teacher" and METHODS[args.ssl].default_select != "teacher":
@@ -108,12 +110,16 @@ def make_sampler(args: argparse.Namespace, train: ClipDataset, info: dist.DistIn
 
 
 def make_model(args: argparse.Namespace, layout: OutputLayout, log) -> nn.Module:
-    """A fresh model as the model flags say (size, initial weights, EMMA's DAN BatchNorm mode)."""
+    """A fresh model as the model flags say (size, initial weights; EMMA's DAN BatchNorm mode, layer decay and
+    drop-path)."""
     options = {}
-    if args.dan_bn is not None:
+    for flag, key in (("--dan-bn", "dan_bn"), ("--layer-decay", "layer_decay"), ("--drop-path", "drop_path")):
+        value = getattr(args, key)
+        if value is None:
+            continue
         if args.model != "emma":
-            raise ValueError(f"--dan-bn is for emma (its frozen DAN), not {args.model}")
-        options["dan_bn"] = args.dan_bn
+            raise ValueError(f"{flag} is for emma, not {args.model}")
+        options[key] = value
     model = build_model(args.model, layout, args.dropout, input_spec(args), args.video_init, args.audio_init,
                         args.backbone_init, dan_init=args.dan_init, variant=args.model_size, options=options)
     if args.init_from:
@@ -318,6 +324,8 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
         sampler.load_state_dict(resume["sampler"])
         state = TrainState(**resume["state"])
         set_rng_state(resume["rng"])
+        if resume["rng"].get("views") is not None:  # the model's own view generator (EMMA's crops and jitter)
+            unwrap_model(model).set_view_rng_state(resume["rng"]["views"])
         log(f"resumed from {args.resume}: epoch {state.epoch}, step {state.step}, best {state.best_score:.4f}")
     return Run(args, info, layout, edition, criterion, train_set, val_set, val_index, sampler, model, method,
                optimizer, scheduler, scaler, state)

@@ -45,6 +45,14 @@ class AffectModel(nn.Module):
     def to_channels_last(self) -> AffectModel:
         return self
 
+    def view_rng_state(self) -> Tensor | None:
+        """State of the generator the model draws its training views from (None: it has none); a checkpoint
+        keeps it so that a resumed run draws the views the uninterrupted run would have drawn."""
+        return None
+
+    def set_view_rng_state(self, state: Tensor) -> None:
+        raise ValueError(f"{type(self).__name__} draws no training views of its own: nothing to restore")
+
     def settings(self) -> dict:
         """What a checkpoint stores next to the weights to rebuild this model (arch, layout, input)."""
         return {"arch": self.arch, "layout": self.layout.name, "input": self.input_spec.to_dict(),

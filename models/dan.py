@@ -12,6 +12,9 @@ so it loads strictly; EMMA holds it as ``cnn`` (keys ``cnn.*`` in the released E
   pooled vector) → B×512;
 - the four head vectors are log-softmaxed across the heads and summed, then ``fc`` (512→8) and ``bn``
   (BatchNorm1d(8)): the output is 8 AffectNet-order logits.
+
+Other trunk sizes (``widths``/``blocks``, e.g. the tiny EMMA of the demo) are torchvision's ResNet with
+BasicBlocks at those stage widths and depths; the heads follow the last stage's width.
 """
 
 from __future__ import annotations
@@ -21,12 +24,44 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock, ResNet
 
 from utils.checkpoint import check_keys, read_state_dict
 
 CHANNELS = 512  # ResNet-18's last stage
+WIDTHS = (64, 128, 256, 512)  # ResNet-18's stage widths
+BLOCKS = (2, 2, 2, 2)  # and its blocks per stage
 HEADS = 4
 CLASSES = 8  # AffectNet-8
+
+
+class NarrowResNet(ResNet):
+    """torchvision's ResNet of BasicBlocks at other stage widths (its constructor fixes 64…512): the stem and
+    the four stages rebuilt by its own ``_make_layer``, initialised as torchvision initialises a ResNet."""
+
+    def __init__(self, widths: tuple[int, ...], blocks: tuple[int, ...]) -> None:
+        super().__init__(BasicBlock, list(blocks))
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.layer1 = self._make_layer(BasicBlock, widths[0], blocks[0])
+        self.layer2 = self._make_layer(BasicBlock, widths[1], blocks[1], stride=2)
+        self.layer3 = self._make_layer(BasicBlock, widths[2], blocks[2], stride=2)
+        self.layer4 = self._make_layer(BasicBlock, widths[3], blocks[3], stride=2)
+        self.fc = nn.Linear(widths[3], 1000)  # unused by DAN; kept so the module is a whole ResNet
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def make_trunk(widths: tuple[int, ...] = WIDTHS, blocks: tuple[int, ...] = BLOCKS) -> ResNet:
+    """ResNet-18 (torchvision's, random init) or a narrower/shallower ResNet of BasicBlocks."""
+    if tuple(widths) == WIDTHS and tuple(blocks) == BLOCKS:
+        return resnet18(weights=None)
+    return NarrowResNet(tuple(widths), tuple(blocks))
 
 
 def _conv_bn(cin: int, cout: int, kernel: tuple[int, int]) -> nn.Sequential:
@@ -65,10 +100,10 @@ class ChannelAttention(nn.Module):
 
 
 class CrossAttentionHead(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, channels: int = CHANNELS) -> None:
         super().__init__()
-        self.sa = SpatialAttention()
-        self.ca = ChannelAttention()
+        self.sa = SpatialAttention(channels)
+        self.ca = ChannelAttention(channels)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.ca(self.sa(x))
@@ -77,14 +112,18 @@ class CrossAttentionHead(nn.Module):
 class DAN(nn.Module):
     """B×3×S×S ImageNet-normalised faces → B×8 logits (see the module docstring)."""
 
-    def __init__(self, num_classes: int = CLASSES, num_heads: int = HEADS) -> None:
+    def __init__(self, num_classes: int = CLASSES, num_heads: int = HEADS, widths: tuple[int, ...] = WIDTHS,
+                 blocks: tuple[int, ...] = BLOCKS) -> None:
         super().__init__()
-        trunk = resnet18(weights=None)
+        trunk = make_trunk(widths, blocks)
+        narrow = isinstance(trunk, NarrowResNet)
+        self.trunk_name = (f"narrow ResNet {'-'.join(map(str, widths))}, blocks {'-'.join(map(str, blocks))}"
+                           if narrow else "ResNet-18")
         self.features = nn.Sequential(*list(trunk.children())[:-2])  # no avgpool, no fc
         self.num_heads = num_heads
         for i in range(num_heads):
-            setattr(self, f"cat_head{i}", CrossAttentionHead())
-        self.fc = nn.Linear(CHANNELS, num_classes)
+            setattr(self, f"cat_head{i}", CrossAttentionHead(widths[-1]))
+        self.fc = nn.Linear(widths[-1], num_classes)
         self.bn = nn.BatchNorm1d(num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -100,5 +139,5 @@ def load_dan(dan: DAN, path: str | Path) -> None:
     """The published AffectNet-8 file (weights under 'model_state_dict'; any format ``read_state_dict`` reads)
     into ``dan``, strictly: CheckpointError naming the file and the mismatched keys otherwise."""
     state = read_state_dict(path)
-    check_keys(dan.state_dict(), state, path, "DAN (ResNet-18, 4 heads, 8 classes)")
+    check_keys(dan.state_dict(), state, path, f"DAN ({dan.trunk_name}, {dan.num_heads} heads, 8 classes)")
     dan.load_state_dict(state, strict=True)

@@ -36,8 +36,10 @@ from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
 from models.base import AffectModel
+from models.dan import BLOCKS as DAN_BLOCKS
 from models.dan import CLASSES as DAN_CLASSES
 from models.dan import DAN
+from models.dan import WIDTHS as DAN_WIDTHS
 from models.prepare import imagenet_input, jitter_rgb, to_unit, view_jitter
 from tasks import LAYOUTS, OutputLayout, get_layout
 from utils.checkpoint import CheckpointError, check_keys, read_checkpoint, state_dict_of
@@ -57,15 +59,22 @@ MAE_ONLY = ("decoder", "mask_token")  # pre-training parts of an MAE file the en
 
 @dataclass(frozen=True)
 class Variant:
-    """ViT geometry of a model size (the patch is always 16 px; the grid follows the input size)."""
+    """ViT geometry of a model size (the grid follows the input size)."""
 
     dim: int
     depth: int
     heads: int
     head_hidden: int
+    patch: int = PATCH
+    dan_widths: tuple[int, ...] = DAN_WIDTHS  # DAN's trunk: ResNet-18 unless a narrower one is named
+    dan_blocks: tuple[int, ...] = DAN_BLOCKS
 
 
-VARIANTS = {"base": Variant(768, 12, 12, 512), "tiny": Variant(64, 2, 2, 64)}
+# base: the published ViT-B/16 and ResNet-18 DAN. small and tiny are ours, for demos and tests on a CPU: the
+# tiny one sees 8 px patches (a 64 px face is then 8x8 tokens) and a DAN of one narrow block per stage.
+VARIANTS = {"base": Variant(768, 12, 12, 512),
+            "small": Variant(192, 4, 3, 192),
+            "tiny": Variant(64, 2, 2, 64, patch=32, dan_widths=(16, 32, 64, 128), dan_blocks=(1, 1, 1, 1))}
 
 
 class EmmaViT(VisionTransformer):
@@ -89,10 +98,11 @@ class EMMA(AffectModel):
         spec = input_spec or InputSpec.frame(size=224)
         if spec.kind != "frame" or spec.mask is not None:
             raise ValueError(f"{self.arch} takes one RGB frame (input kind 'frame', no mask), not {spec}")
-        if spec.size < PATCH:
-            raise ValueError(f"{self.arch}: the input size {spec.size} is smaller than one {PATCH} px patch")
         if variant not in VARIANTS:
             raise ValueError(f"{self.arch}: unknown size {variant!r} (known: {', '.join(VARIANTS)})")
+        if spec.size < VARIANTS[variant].patch:
+            raise ValueError(f"{self.arch}: the input size {spec.size} is smaller than one {VARIANTS[variant].patch} "
+                             "px patch")
         if dan_bn not in DAN_BN:
             raise ValueError(f"{self.arch}: dan_bn must be one of {DAN_BN}, got {dan_bn!r}")
         self.layout = get_layout(layout)
@@ -105,13 +115,13 @@ class EMMA(AffectModel):
         self.view_generator: torch.Generator | None = None  # None: the global RNG draws the training views
         v = VARIANTS[variant]
         self.num_logits = sizes.get("expr", 0) + sizes.get("au", 0)  # the ViT's head: [EXPR slots, AUs]
-        self.vit = EmmaViT(img_size=spec.size, patch_size=PATCH, num_classes=0, global_pool="token",
+        self.vit = EmmaViT(img_size=spec.size, patch_size=v.patch, num_classes=0, global_pool="token",
                            embed_dim=v.dim, depth=v.depth, num_heads=v.heads, qkv_bias=True,
                            drop_rate=dropout, drop_path_rate=drop_path)
         self.vit.head = nn.Sequential(nn.Linear(v.dim, v.head_hidden), nn.ReLU(inplace=True),
                                       nn.Linear(v.head_hidden, self.num_logits))
         self.vit.num_classes = self.num_logits
-        self.cnn = DAN()
+        self.cnn = DAN(widths=v.dan_widths, blocks=v.dan_blocks)
         self.cnn.requires_grad_(False)
         self.va_head = nn.Sequential(nn.Linear(DAN_CLASSES + self.num_logits, VA_HIDDEN), nn.ReLU(inplace=True),
                                      nn.Linear(VA_HIDDEN, 2))
@@ -127,6 +137,14 @@ class EMMA(AffectModel):
     def seed_views(self, seed: int) -> None:
         """Draw the training views (jitter on/off, crop offsets) from a generator of this seed."""
         self.view_generator = torch.Generator().manual_seed(seed)
+
+    def view_rng_state(self) -> Tensor | None:
+        return None if self.view_generator is None else self.view_generator.get_state()
+
+    def set_view_rng_state(self, state: Tensor) -> None:
+        if self.view_generator is None:
+            self.view_generator = torch.Generator()
+        self.view_generator.set_state(state)
 
     def prepare(self, raw: Mapping[str, Tensor], device: torch.device, view: str = "student",
                 channels_last: bool = False) -> dict[str, Tensor]:

@@ -57,6 +57,11 @@ def input_kind(name: str) -> str:
     return _family(name).default_input().kind
 
 
+def default_size(name: str) -> int:
+    """The frame size a model family takes unless --size says otherwise (EMMA: 224; the others: 112)."""
+    return _family(name).default_input().size
+
+
 def _family(name: str) -> Family:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (known: {', '.join(MODELS)})")

@@ -10,17 +10,26 @@ a test needs to change.
 
 ``mini_db``: the quick mini dataset's database (every video: val tracks, the two-person video, the faceless
 stretch; with the PCM that --audio-window reference needs), built once per session; read-only.
+
+``demo_db``: (database, abaw2021 annotation folder) of the full mini dataset that ``bash shs/demo.sh`` trains on:
+``demo_out/`` when a demo has made it with this code's schema, else generated and built once per session (as
+on CI). The learning checks of the systems share it; read-only.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from toy_db import make_toy_db
 
+from data import store
 from models.registry import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +63,27 @@ def mini_db(mini_quick, tmp_path_factory) -> Path:
                                "--out", str(out), "--workers", "2", "--store-pcm"])
     assert rc == 0
     return out
+
+
+def current_schema(db: Path) -> bool:
+    """Whether a database (e.g. the demo's, from an earlier checkout) has this code's schema."""
+    with store.Store(db) as d:
+        return (d.schema() or {}).get("version") == store.SCHEMA_VERSION
+
+
+@pytest.fixture(scope="session")
+def demo_db(tmp_path_factory) -> tuple[Path, Path]:
+    db = ROOT / "demo_out" / "db"
+    annotations = ROOT / "demo_out" / "mini_affwild2" / "annotations" / "abaw2021"
+    if (db / "data.mdb").is_file() and annotations.is_dir() and current_schema(db):
+        return db, annotations
+    from tools import synthetic
+
+    root = tmp_path_factory.mktemp("demo")
+    data = root / "mini"
+    synthetic.generate(data, seed=0)
+    db, annotations = root / "db", data / "annotations" / "abaw2021"
+    subprocess.run([sys.executable, "create_database.py", "--videos", str(data / "videos"), "--annotations",
+                    str(annotations), "--test-lists", *map(str, sorted((data / "test_sets").glob("*.txt"))),
+                    "--out", str(db), "--workers", "2"], cwd=ROOT, check=True)
+    return db, annotations

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from helpers import REFERENCE, describe, read_key_list
 from torch import nn
+from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock
 
 from models import emma, prepare, registry
 from models.dan import DAN
@@ -49,7 +51,8 @@ def randomise_bn(model: nn.Module, seed: int = 1) -> None:
 def narrow(monkeypatch):
     """The 'narrow' size registered, and published files (no input settings) read at 32 px."""
     monkeypatch.setitem(emma.VARIANTS, "narrow", NARROW)
-    family = dataclasses.replace(registry.MODELS["emma"], default_input=lambda: SMALL)
+    family = registry.MODELS["emma"]
+    family = dataclasses.replace(family, default_input=lambda: SMALL, variants=(*family.variants, "narrow"))
     monkeypatch.setitem(registry.MODELS, "emma", family)
 
 
@@ -113,7 +116,7 @@ def test_our_checkpoint_keeps_its_size_input_and_decision(tiny, tmp_path):
         torch.testing.assert_close(loaded({"image": x}), tiny({"image": x}))
 
 
-def test_the_dan_affectnet_file_loads_strictly_under_weights_only(tmp_path):
+def test_the_dan_affectnet_file_loads_strictly_under_weights_only(narrow, tmp_path):
     torch.manual_seed(2)
     dan = DAN()
     randomise_bn(dan, seed=3)
@@ -121,12 +124,15 @@ def test_the_dan_affectnet_file_loads_strictly_under_weights_only(tmp_path):
     state = {k: weights[k] for k in key_file("dan")}
     optimiser = {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": list(range(10))}]}
     torch.save({"iter": 5, "model_state_dict": state, "optimizer_state_dict": optimiser}, tmp_path / "affecnet8.pth")
-    model = build_model("emma", "emma", input_spec=SMALL, variant="tiny", dan_init=tmp_path / "affecnet8.pth")
+    model = build_model("emma", "emma", input_spec=SMALL, variant="narrow", dan_init=tmp_path / "affecnet8.pth")
     assert all(torch.equal(v, state[k]) for k, v in model.cnn.state_dict().items())
     del state["cat_head3.ca.attention.3.bias"]
     torch.save({"iter": 5, "model_state_dict": state}, tmp_path / "cut.pth")
     with pytest.raises(CheckpointError, match="1 missing keys"):
-        build_model("emma", "emma", input_spec=SMALL, variant="tiny", dan_init=tmp_path / "cut.pth")
+        build_model("emma", "emma", input_spec=SMALL, variant="narrow", dan_init=tmp_path / "cut.pth")
+    # the tiny size's DAN is not AffectNet's
+    with pytest.raises(CheckpointError, match="narrow ResNet.*wrong-shape keys"):
+        build_model("emma", "emma", input_spec=SMALL, variant="tiny", dan_init=tmp_path / "affecnet8.pth")
     with pytest.raises(ValueError, match="dan-init is for emma"):
         build_model("resnet18", "abaw2021", input_spec=SMALL, dan_init=tmp_path / "affecnet8.pth")
 
@@ -289,6 +295,33 @@ def test_training_view_crops_a_resized_frame_with_seeded_draws():
     assert not torch.allclose(model.prepare(raw, torch.device("cpu"))["image"], a)
     teacher = copy.deepcopy(model)  # the mean teacher's copy, generator included
     assert teacher.view_generator is not model.view_generator
+
+
+def test_a_narrow_dan_is_torchvision_resnet_blocks_at_other_widths():
+    small = DAN(widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1))
+    stages = [small.features[i] for i in range(4, 8)]  # conv1, bn1, relu, maxpool, layer1..4
+    assert [len(s) for s in stages] == [1, 1, 1, 1]
+    assert [s[0].conv2.out_channels for s in stages] == [16, 32, 64, 128]
+    assert isinstance(stages[0][0], BasicBlock) and small.fc.in_features == 128
+    assert small.cat_head0.sa.conv1x1[0].in_channels == 128
+    with torch.no_grad():
+        assert small.eval()(torch.randn(3, 3, 64, 64)).shape == (3, 8)
+    full = DAN()  # the published trunk is torchvision's resnet18 itself
+    assert [k for k in full.state_dict() if k.startswith("features.")] == [
+        f"features.{k}" for k in nn.Sequential(*list(resnet18().children())[:-2]).state_dict()]
+
+
+def test_view_generator_state_restores_the_next_draws():
+    model = EMMA(input_spec=SMALL, variant="tiny", jitter_p=0.5).train()
+    raw = raw_batch()
+    assert model.view_rng_state() is None  # unseeded: the global RNG draws, nothing of its own to save
+    model.seed_views(5)
+    model.prepare(raw, torch.device("cpu"))
+    saved = model.view_rng_state()
+    after = model.prepare(raw, torch.device("cpu"))["image"]
+    resumed = EMMA(input_spec=SMALL, variant="tiny", jitter_p=0.5).train()
+    resumed.set_view_rng_state(saved)  # what train.py --resume does with the checkpoint's rng["views"]
+    assert torch.equal(resumed.prepare(raw, torch.device("cpu"))["image"], after)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+import test_val_aff2
+import train
 from app import training
 from models import losses
 from models.dan import DAN
-from models.emma import EMMA
+from models.emma import EMMA, VARIANTS
 from models.losses import EMMA_AU_POS_WEIGHT, MultiTaskLoss, emma_au_bce, emma_au_pos_weight, emma_ccc
 from models.registry import MODELS, load_model
 from opts import LOSSES, MODEL_SIZES, train_parser
@@ -152,8 +154,13 @@ def test_model_flags_reach_emma_and_are_refused_elsewhere(tmp_path):
     model = training.make_model(args, LAYOUTS["emma"], print)
     assert isinstance(model, EMMA) and model.variant == "tiny" and model.dan_bn == "adapt"
     assert model.input_spec.size == 32 and model.cnn.training
+    model = training.make_model(train_parser().parse_args(TINY + ["--layer-decay", "1", "--drop-path", "0"]),
+                                LAYOUTS["emma"], print)
+    assert {g["lr_scale"] for g in model.param_groups(1e-3) if g["name"] != "va_head"} == {1.0}
+    assert all(isinstance(b.drop_path1, nn.Identity) for b in model.vit.blocks)  # timm: rate 0 → no DropPath
     frame = ["--model", "resnet18", "--size", "32"]
     for extra, match in ((["--model-size", "tiny"], "no size 'tiny'"), (["--dan-bn", "frozen"], "dan-bn is for emma"),
+                         (["--layer-decay", "1"], "layer-decay is for emma"),
                          (["--dan-init", str(tmp_path / "dan.pth")], "dan-init is for emma")):
         with pytest.raises(ValueError, match=match):
             training.make_model(train_parser().parse_args(frame + extra), LAYOUTS["abaw2021"], print)
@@ -168,7 +175,7 @@ def test_model_flags_reach_emma_and_are_refused_elsewhere(tmp_path):
 @pytest.mark.slow  # one epoch of the tiny EMMA (ViT + DAN on 32 px frames): ~7 s on 2 busy cores
 def test_one_epoch_of_tiny_emma_with_its_losses_writes_a_loadable_best(toy, tmp_path):
     torch.manual_seed(3)
-    dan = DAN()
+    dan = DAN(widths=VARIANTS["tiny"].dan_widths, blocks=VARIANTS["tiny"].dan_blocks)  # the tiny size's DAN
     g = torch.Generator().manual_seed(4)
     for m in dan.modules():  # statistics unlike a fresh DAN's, so keeping them is visible
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -182,6 +189,8 @@ def test_one_epoch_of_tiny_emma_with_its_losses_writes_a_loadable_best(toy, tmp_
     result = training.run(args)
     trained = result["model"]
     assert result["steps"] == 1 and trained.view_generator is not None  # seed_views was called
+    last = torch.load(out / "last.pth", weights_only=True)  # a resume continues the training views' stream
+    assert torch.equal(last["rng"]["views"], trained.view_generator.get_state())
     assert all(torch.equal(v, dan.state_dict()[k]) for k, v in trained.cnn.state_dict().items())  # frozen DAN
     config = json.loads((out / "config.json").read_text())
     assert config["loss"] == "emma" and config["model_size"] == "tiny"
@@ -222,3 +231,46 @@ def test_recipe_script_is_valid_bash_and_its_flags_are_the_published_recipe():
     assert (args.flip, args.jitter, args.hue, args.amp) == (0.5, 0.4, 0.1, "none")
     four = train_parser().parse_args(script_flags(NPROC="4", DAN_BN="adapt"))
     assert four.batch_size == 25 and four.dan_bn == "adapt"  # 25 × 4 processes × 4 steps = 400
+
+
+@pytest.mark.slow  # two steps of the tiny EMMA with its EMA teacher: ~5 s
+def test_tiny_emma_trains_as_a_mean_teacher_and_saves_the_teacher(toy, tmp_path):
+    out = tmp_path / "mt"
+    args = train_parser().parse_args(["--db", str(toy), "--output-dir", str(out), *TINY, "--epochs", "1",
+                                      "--samples-per-epoch", "4", "--ssl", "mean_teacher", "--consistency", "all",
+                                      "--consistency-weight", "1", "--rampup-epochs", "0", "--select", "teacher"])
+    result = training.run(args)
+    assert result["steps"] == 2
+    rows = (out / "log.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert float(last[header.index("consistency")]) > 0  # the teacher's targets reached the loss
+    best = torch.load(out / "best.pth", weights_only=True)
+    assert best["selected"] == "teacher"
+    teacher = load_model(out / "best.pth")
+    assert isinstance(teacher, EMMA) and teacher.variant == "tiny"
+    student = result["model"].state_dict()
+    moved = [k for k, v in teacher.state_dict().items() if k.startswith("vit.") and v.is_floating_point()
+             and not torch.equal(v, student[k])]
+    assert moved  # an EMA of the student's weights, not the student itself
+
+
+# ---------------------------------------------------------------------------------------------------
+# The demo's learning check
+
+
+@pytest.mark.slow
+def test_the_emma_demo_flags_learn_the_mini_dataset(demo_db, tmp_path):
+    """shs/demo_emma.args for 20 of its epochs (≈ 1 min) on the demo's videos. To share the TSAV learning check's
+    database this trains on the ABAW 2021 per-task labels (every frame, 7 classes, 8 of the 12 AUs) and is scored
+    by that edition; the demo itself uses the MTL files (README, "Systems and their demos")."""
+    db, annotations = demo_db
+    out = tmp_path / "run"
+    args = ["@" + str(Path(__file__).resolve().parents[1] / "shs" / "demo_emma.args"), "--db", str(db),
+            "--output-dir", str(out), "--edition", "abaw2021", "--no-progress", "--epochs", "20", "--eval-every", "20"]
+    assert train.main(args) == 0
+    pred = tmp_path / "pred"
+    assert test_val_aff2.main(["--checkpoint", str(out / "best.pth"), "--db", str(db), "--split", "val",
+                               "--edition", "abaw2021", "--annotations", str(annotations), "--out", str(pred),
+                               "--workers", "1"]) == 0
+    scores = json.loads((pred / "scores.json").read_text())
+    assert scores["expr"]["f1"] >= 0.6 and scores["va"]["ccc_valence"] >= 0.5, scores
