@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job on the embedded mini Aff-Wild2, end to end, on CPU, for one system:
-#   bash shs/demo.sh [SYSTEM]     SYSTEM = tsav (default) or mtmt: the train.py flags of shs/demo_SYSTEM.args
+#   bash shs/demo.sh [SYSTEM]     SYSTEM = tsav (default), mtmt or emma: the train.py flags of shs/demo_SYSTEM.args
 # Shared by the systems, in demo_out/ (DEMO=... to move it), made once: the mini dataset → its LMDB (faces,
 # landmarks, log-mel, labels; a rerun resumes it) → its report → a trivial reference prediction for the
-# validation videos, format-checked and scored (demo_out/baseline_scores.json).
+# validation videos, format-checked and scored (demo_out/baseline_scores.json). The systems of ABAW 2020/2021
+# (tsav, mtmt) use the mini dataset's ABAW 2021 per-task files and demo_out/db; EMMA (ABAW4) uses its s-Aff-Wild2
+# MTL files (every 3rd face frame labelled with all tasks) and demo_out/db_mtl, and is scored by the abaw4 edition.
 # Per system, in demo_out/SYSTEM/: train on CPU (small clips) → predict every frame of the validation videos →
 # format check → official scores of the trained model (scores.json, scores.txt, printed) → one video through
 # test_val_aff2.py --video (per-frame CSV, timeline plot, overlay MP4 in any_video/).
@@ -17,32 +19,35 @@ fi
 DEMO=${DEMO:-demo_out}
 OUT=$DEMO/$SYSTEM
 DATA=$DEMO/mini_affwild2
-EDITION=abaw2021  # the layouts of the demo_*.args files are ABAW 2021's (abaw2021, mtmt)
-ANN=$DATA/annotations/$EDITION
+case $SYSTEM in
+  emma) EDITION=abaw4; ANN=$DATA/annotations/mtl; DB=$DEMO/db_mtl; BASE=$DEMO/baseline_abaw4 ;;
+  *) EDITION=abaw2021; ANN=$DATA/annotations/abaw2021; DB=$DEMO/db; BASE=$DEMO/baseline ;;  # layouts abaw2021, mtmt
+esac
+SUB=""  # the submission inside its folder: per-video files are the folder itself, abaw4 writes one MTL file
+[[ $EDITION == abaw4 ]] && SUB=/MTL_predictions.txt
 start=$SECONDS
 set -x
 [[ -f $DATA/meta.json ]] || $PY -m tools.synthetic --out "$DATA" --seed 0
 $PY create_database.py --videos "$DATA/videos" --annotations "$ANN" --test-lists "$DATA"/test_sets/*.txt \
-  --out "$DEMO/db" --workers 2
-$PY create_database.py --report "$DEMO/db" --json "$DEMO/db_report.json"
-if [[ ! -f $DEMO/baseline_scores.json ]]; then
-  $PY -m tools.baseline --annotations "$ANN" --videos "$DATA/videos" --edition $EDITION --out "$DEMO/baseline_pred"
-  $PY evaluate.py --check "$DEMO/baseline_pred" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
-  $PY evaluate.py --pred "$DEMO/baseline_pred" --annotations "$ANN" --edition $EDITION \
-    --json "$DEMO/baseline_scores.json"
+  --out "$DB" --workers 2
+$PY create_database.py --report "$DB" --json "${DB}_report.json"
+if [[ ! -f ${BASE}_scores.json ]]; then
+  $PY -m tools.baseline --annotations "$ANN" --videos "$DATA/videos" --edition $EDITION --out "${BASE}_pred"
+  $PY evaluate.py --check "${BASE}_pred$SUB" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
+  $PY evaluate.py --pred "${BASE}_pred$SUB" --annotations "$ANN" --edition $EDITION --json "${BASE}_scores.json"
 fi
 rm -rf "$OUT/train"  # a fresh run each time (log.csv would otherwise grow)
-$PY train.py "@shs/demo_$SYSTEM.args" --db "$DEMO/db" --output-dir "$OUT/train" --edition $EDITION
-$PY test_val_aff2.py --checkpoint "$OUT/train/best.pth" --db "$DEMO/db" --split val --edition $EDITION \
+$PY train.py "@shs/demo_$SYSTEM.args" --db "$DB" --output-dir "$OUT/train" --edition $EDITION
+$PY test_val_aff2.py --checkpoint "$OUT/train/best.pth" --db "$DB" --split val --edition $EDITION \
   --annotations "$ANN" --out "$OUT/test_val" --workers 1
-$PY evaluate.py --check "$OUT/test_val/submission" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
-$PY evaluate.py --pred "$OUT/test_val/submission" --annotations "$ANN" --edition $EDITION \
+$PY evaluate.py --check "$OUT/test_val/submission$SUB" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
+$PY evaluate.py --pred "$OUT/test_val/submission$SUB" --annotations "$ANN" --edition $EDITION \
   --json "$OUT/scores.json" | tee "$OUT/scores.txt"
 $PY test_val_aff2.py --checkpoint "$OUT/train/best.pth" --video "$DATA/videos/batch1/3-30-640x360.mp4" \
   --out "$OUT/any_video" --overlay
 set +x
 ls -l "$OUT/any_video"
 echo "demo of $SYSTEM finished in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s:" \
-  "database $DEMO/db, report $DEMO/db_report.json, baseline $DEMO/baseline_scores.json," \
+  "database $DB, report ${DB}_report.json, baseline ${BASE}_scores.json," \
   "trained model $OUT/train/best.pth, its scores $OUT/scores.json on the validation videos:"
 cat "$OUT/scores.txt"

@@ -27,6 +27,7 @@ from data import build_plan
 from data.annotations import MTL_FILES, MTL_HEADER, fit_length, read_mtl_file
 from models.registry import build_model
 from tasks import AU_NAMES_12, EDITIONS, EXPR_NAMES_7, EXPR_NAMES_8, VA_NAMES, VAL_SPLIT, OutputLayout, get_layout
+from tools import baseline
 from utils.inputs import InputSpec
 from utils.metrics import score
 
@@ -297,3 +298,17 @@ def test_split_mode_on_the_mini_dataset_with_its_mtl_files(mini_quick, mini_db, 
     assert evaluate.main(["--check", str(sub), "--annotations", str(ann), "--edition", "abaw4"]) == 0
     scores = json.loads((out / "scores.json").read_text())
     assert all(scores[k]["score"] is not None for k in ("va", "expr", "au"))
+
+
+def test_the_training_prior_baseline_writes_an_mtl_file_for_abaw4(mini_quick, tmp_path, capsys):
+    ann = mini_quick / "annotations" / "mtl"
+    baseline.main(["--annotations", str(ann), "--videos", str(mini_quick / "videos"), "--edition", "abaw4",
+                   "--out", str(tmp_path / "prior")])
+    sub = tmp_path / "prior" / "MTL_predictions.txt"
+    rows = sub.read_text().splitlines()
+    listed = (ann / "validation_set_annotations.txt").read_text().splitlines()
+    assert rows[0] == listed[0]  # the header; then a row per listed image (tracks in name order)
+    assert sorted(r.split(",")[0] for r in rows[1:]) == sorted(r.split(",")[0] for r in listed[1:])
+    assert len({r.split(",", 1)[1] for r in rows[1:]}) == 1  # one constant prediction
+    assert evaluate.main(["--check", str(sub), "--annotations", str(ann), "--edition", "abaw4",
+                          "--videos", str(mini_quick / "videos")]) == 0

@@ -1,20 +1,23 @@
 """A trivial reference prediction: the training-set prior for every frame of every validation track.
 
     python -m tools.baseline --annotations DIR --videos DIR --edition abaw2021 --out PRED
+    python -m tools.baseline --annotations DIR/mtl --videos DIR --edition abaw4 --out PRED   # PRED/MTL_predictions.txt
 
 VA = the training mean, EXPR = the most frequent training class, AU = each AU's majority value.
 It is what any model must beat (its VA CCC is 0 by construction) and shows the submission path
-end to end: frame counts from the decoded videos, per-video files, then `evaluate.py`.
+end to end: frame counts from the decoded videos, the edition's submission (per-video files, or for abaw4
+one multi-task file listing the images of the split's MTL annotation file), then `evaluate.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
-from app.submission import per_video_names, video_frame_counts, write_per_video
-from data.annotations import TrackLabels, read_annotations
+from app.submission import listed_images, per_video_names, video_frame_counts, write_mtl, write_per_video
+from data.annotations import MTL_FILES, TrackLabels, canonical_split, find_mtl_file, read_annotations
 from tasks import EDITIONS, TASKS, TRAIN_SPLIT, VAL_SPLIT, get_edition
 from utils.metrics import columns_by_name
 
@@ -60,8 +63,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="demo_out/baseline_pred", help="submission folder to write")
     args = p.parse_args(argv)
     preds = predict_prior(args.annotations, args.videos, args.edition, args.split)
+    if get_edition(args.edition).submission == "mtl":
+        out = write_mtl_prior(args.annotations, args.split, preds, Path(args.out))
+        print(f"wrote the multi-task prediction of {len(preds['VA'])} tracks to {out}")
+        return
     out = write_per_video(args.out, preds, args.edition)
     print(f"wrote {sum(len(v) for v in preds.values())} prediction files to {out}")
+
+
+def write_mtl_prior(annotations: str, split: str, preds: dict[str, dict[str, np.ndarray]], out: Path) -> Path:
+    """OUT/MTL_predictions.txt with a row per image the split's MTL annotation file lists."""
+    f = find_mtl_file(annotations, split)
+    if f is None:
+        raise SystemExit(f"{annotations}: no {MTL_FILES[canonical_split(split)]} (an MTL prediction lists its images)")
+    images = listed_images(f)
+    missing = [t for task in TASKS for t in images if t not in preds.get(task, {})]
+    if missing:
+        raise SystemExit(f"{f}: tracks without a prior prediction (no such video?): {', '.join(sorted(set(missing)))}")
+    out.mkdir(parents=True, exist_ok=True)
+    return write_mtl(out / "MTL_predictions.txt", {task: {t: preds[task][t] for t in images} for task in TASKS},
+                     images)
 
 
 if __name__ == "__main__":
