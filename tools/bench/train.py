@@ -19,7 +19,7 @@ from torch import nn
 
 from data import audio
 from data.reader import pixels_layout
-from models.base import model_input, prepare_inputs
+from models.base import model_input, prepare_inputs, unwrap_model
 from models.losses import MultiTaskLoss
 from models.registry import build_model
 from tasks import get_layout
@@ -34,6 +34,7 @@ from tools.bench.common import (
     timed,
 )
 from utils.inputs import AUDIO_DB, PIXELS, InputSpec
+from utils.optim import build_optimizer
 from utils.tables import print_table
 
 TASK_KEYS = ("expr", "au", "va")
@@ -58,10 +59,14 @@ def synthetic_batch(args: argparse.Namespace, spec: InputSpec, batch_size: int, 
 
 def make_step(model: nn.Module, batch: dict, layout: str, device: torch.device, amp: str,
               channels_last: bool) -> Callable[[], None]:
-    """One forward + backward + Adam step on ``batch`` (MTMT's optimiser settings); the inputs are made by the
-    model's ``prepare`` hook once, before (the step is timed, not the input step)."""
+    """One forward + backward + optimiser step on ``batch`` (MTMT's Adam settings; for a model with parameter
+    groups, e.g. EMMA, AdamW over its groups with weight decay 0.05 as its recipe has it); the inputs are made by
+    the model's ``prepare`` hook once, before (the step is timed, not the input step)."""
     criterion = MultiTaskLoss(layout)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=5e-5)
+    if hasattr(unwrap_model(model), "param_groups"):
+        opt = build_optimizer(model, "adamw", 5e-4, 0.05)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=5e-5)
     inputs = prepare_inputs(model, batch, device, channels_last=channels_last)
     targets = {k: batch[k].to(device) for k in TASK_KEYS}
 
@@ -79,7 +84,8 @@ def make_step(model: nn.Module, batch: dict, layout: str, device: torch.device, 
 def new_model(args: argparse.Namespace, device: torch.device, channels_last: bool) -> nn.Module:
     """A fresh ``--model`` for the bench's input (seeded), in training mode on ``device``."""
     torch.manual_seed(args.seed)
-    model = build_model(args.model, args.layout, input_spec=input_spec(args)).to(device).train()
+    variant = args.model_size if args.model == "emma" else None
+    model = build_model(args.model, args.layout, input_spec=input_spec(args), variant=variant).to(device).train()
     return model.to_channels_last() if channels_last else model
 
 
@@ -207,8 +213,9 @@ def print_train(r: dict) -> None:
     rows = [[c2["amp"], "on" if c2["channels_last"] else "off", "on" if c2["compile"] else "off",
              fmt(c2["step_seconds"], 2), fmt(c2["clips_per_s"], 2), f"{c2['warmup_seconds']:.1f}"]
             for c2 in r["configs"]]
-    print_table(["precision", "channels-last", "compile", "s/step", "clips/s", "warm-up s"], rows, right=True,
-                title=f"train step (fwd+bwd+Adam), {r['device']}, {r['threads']} threads, batch {r['batch_size']} "
+    unit = "images/s" if r["input"]["kind"] == "frame" else "clips/s"
+    print_table(["precision", "channels-last", "compile", "s/step", unit, "warm-up s"], rows, right=True,
+                title=f"train step (fwd+bwd+optimiser), {r['device']}, {r['threads']} threads, batch {r['batch_size']} "
                 f"of {input_shape(r['input'])}")
     if "ddp" in r:
         d = r["ddp"]
