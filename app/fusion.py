@@ -27,7 +27,7 @@ from tqdm import tqdm
 from app import inference, split_run
 from app.submission.compare import RAW_KEYS, load_npz
 from tasks import BLOCK_OF_TASK, BLOCKS, TASKS, VA_NAMES, Edition, OutputLayout, get_edition
-from utils.metrics import format_scores, write_json
+from utils.metrics import format_scores
 from utils.output_set import OutputSet
 from utils.outputs import decide
 from utils.tables import print_table
@@ -262,19 +262,7 @@ def run_fusion(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     with outputs as staging:  # from here on as run_split
         subs, frames = fuse_tracks(args, folders, firsts, weights, layout, edition, wanted, staging)
-        if images is not None:
-            split_run.hold_last(subs, images)
-        split_run.write_submission(staging / "submission", subs, edition, fmt, images)
-        expected = {task: {t: images[t] if images is not None else len(subs[task][t]) for t in ts}
-                    for task, ts in wanted.items()}
-        parts = split_run.submission_parts(staging / "submission", fmt, list(wanted))
-        problems = split_run.check_parts(parts, edition, expected)
-        written = ["submission"] + ([] if args.no_raw else ["raw"])
-        scores = None
-        if args.split == "val":  # scored before anything moves in: a failure leaves the old output
-            scores = split_run.score_parts(parts, args.annotations, edition)
-            write_json(scores, staging / "scores.json")
-            written.append("scores.json")
+        problems, scores, written = split_run.finish_submission(staging, subs, edition, fmt, images, wanted, args)
         outputs.publish(written)
     seconds, total = time.perf_counter() - t0, sum(weights)
     rows = [[str(f), first.layout, f"{w:g} ({w / total:.0%})", describe(first.names)]

@@ -308,18 +308,7 @@ def run_split(args: argparse.Namespace) -> dict:
         subs, rows, frames, seconds = predict_tracks(args, model, device, edition, wanted, tracks, staging)
         if images is not None:
             images = {t: images[t] for t in tracks}
-            hold_last(subs, images)
-        write_submission(staging / "submission", subs, edition, fmt, images)
-        expected = {task: {t: images[t] if images is not None else len(subs[task][t]) for t in ts}
-                    for task, ts in wanted.items()}
-        parts = submission_parts(staging / "submission", fmt, list(wanted))
-        problems = check_parts(parts, edition, expected)
-        written = ["submission"] + ([] if args.no_raw else ["raw"])
-        scores = None
-        if args.split == "val":  # scored before anything is swapped in: a failure leaves the old output
-            scores = score_parts(parts, args.annotations, edition)
-            write_json(scores, staging / "scores.json")
-            written.append("scores.json")
+        problems, scores, written = finish_submission(staging, subs, edition, fmt, images, wanted, args)
         outputs.publish(written)
     print_table(["track", "frames", "faces", "seconds", "frames/s"], rows)
     print(f"\n{len(tracks)} tracks, {frames} frames in {seconds:.1f} s ({frames / seconds:.1f} frames/s) → "
@@ -331,6 +320,28 @@ def run_split(args: argparse.Namespace) -> dict:
         print(format_scores(scores))
         result["scores"] = scores
     return result
+
+
+def finish_submission(staging: Path, subs: dict[str, dict[str, np.ndarray]], edition: Edition, fmt: str,
+                      images: dict[str, list[int]] | None, wanted: dict[str, list[str]], args: argparse.Namespace
+                      ) -> tuple[list, dict | None, list[str]]:
+    """Write the decisions ``subs`` as the split's submission in ``staging``, check it, and on val score it (before
+    anything is swapped in: a failure leaves the old output); → (problems, scores or None, names to publish).
+    Shared by the split mode and the late fusion (app/fusion.py)."""
+    if images is not None:
+        hold_last(subs, images)
+    write_submission(staging / "submission", subs, edition, fmt, images)
+    expected = {task: {t: images[t] if images is not None else len(subs[task][t]) for t in ts}
+                for task, ts in wanted.items()}
+    parts = submission_parts(staging / "submission", fmt, list(wanted))
+    problems = check_parts(parts, edition, expected)
+    written = ["submission"] + ([] if args.no_raw else ["raw"])
+    scores = None
+    if args.split == "val":
+        scores = score_parts(parts, args.annotations, edition)
+        write_json(scores, staging / "scores.json")
+        written.append("scores.json")
+    return problems, scores, written
 
 
 def predict_tracks(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, edition: Edition,
