@@ -157,14 +157,14 @@ def fuse_scores(raws: list[Raw], weights: list[float], layout: OutputLayout) -> 
     return out
 
 
-def check_frames(raws: list[Raw], source: inference.TrackSource, db: str) -> None:
+def check_frames(raws: list[Raw], track: str, times: np.ndarray, face: np.ndarray, db: str) -> None:
     """Every input must hold the database's frames of the track: count, times and face flags."""
     for raw in raws:
-        if len(raw.times) != len(source):
-            raise FusionError(f"{raw.path}: {len(raw.times)} frames, but track {source.name} has {len(source)} in {db}")
-        for what, off in (("times", np.abs(raw.times - source.times) > 1e-6), ("face flags", raw.face != source.face)):
+        if len(raw.times) != len(times):
+            raise FusionError(f"{raw.path}: {len(raw.times)} frames, but track {track} has {len(times)} in {db}")
+        for what, off in (("times", np.abs(raw.times - times) > 1e-6), ("face flags", raw.face != face)):
             if off.any():
-                raise FusionError(f"{raw.path}: frame {what} differ from track {source.name} in {db} "
+                raise FusionError(f"{raw.path}: frame {what} differ from track {track} in {db} "
                                   f"(frame {off.argmax() + 1})")
 
 
@@ -188,15 +188,6 @@ def check_present(folders: list[Path], tracks: list[str], split: str) -> None:
                               "needs every track (--tracks picks some)")
 
 
-def pick_tracks(wanted: dict[str, list[str]], only: list[str] | None, split: str) -> dict[str, list[str]]:
-    """``--tracks``: only these tracks of the split (run_split's rule)."""
-    unknown = sorted(set(only or ()) - {t for ts in wanted.values() for t in ts})
-    if unknown:
-        raise FusionError(f"--tracks: not in the {split} split: {', '.join(unknown)}")
-    kept = wanted if only is None else {task: sorted(set(ts) & set(only)) for task, ts in wanted.items()}
-    return {task: ts for task, ts in kept.items() if ts}
-
-
 def plan(args: argparse.Namespace, folders: list[Path], edition: Edition, fmt: str
          ) -> tuple[OutputLayout, list[Raw], dict[str, list[str]], dict[str, list[int]] | None]:
     """(fused layout, each folder's first file, {task: tracks}, the MTL rows' images or None), as run_split
@@ -213,7 +204,7 @@ def plan(args: argparse.Namespace, folders: list[Path], edition: Edition, fmt: s
         split_run.check_mtl_serves(layout, edition)
     else:
         wanted = split_run.served_tasks(wanted, layout)
-    wanted = pick_tracks(wanted, args.tracks, args.split)
+    wanted = split_run.select_tracks(wanted, args.tracks, args.split, args.db)
     tracks = sorted({t for ts in wanted.values() for t in ts})
     split_run.check_track_names(tracks, args.db)
     check_present(folders, tracks, args.split)
@@ -234,16 +225,16 @@ def fuse_tracks(args: argparse.Namespace, folders: list[Path], firsts: list[Raw]
             if raw.names != first.names:
                 raise FusionError(f"{raw.path}: outputs {describe(raw.names)}, but {first.path} has "
                                   f"{describe(first.names)}: one raw/ folder per run")
-        source = inference.db_track_source(args.db, track)
-        check_frames(raws, source, args.db)
+        times, face, _ = inference.db_track_frames(args.db, track)  # no audio: nothing runs a model here
+        check_frames(raws, track, times, face, args.db)
         fused = fuse_scores(raws, weights, layout)
         decoded = decide(fused, layout, edition, decision, args.au_threshold)
         for task, ts in wanted.items():
             if track in ts:
                 subs[task][track] = decoded[task]
         if not args.no_raw:
-            split_run.save_npz(staging / "raw" / f"{track}.npz", fused, source.times, source.face, layout)
-        frames += len(source)
+            split_run.save_npz(staging / "raw" / f"{track}.npz", fused, times, face, layout)
+        frames += len(times)
     return subs, frames
 
 

@@ -82,7 +82,8 @@ class TrackSource:
         return len(self.times)
 
 
-def db_track_source(db_path: str, track: str) -> TrackSource:
+def db_track_frames(db_path: str, track: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(frame times, face flags, video name) of a stored track, without its audio."""
     db = open_store(db_path)
     meta = db.track_meta(track)
     if meta is None:
@@ -90,7 +91,12 @@ def db_track_source(db_path: str, track: str) -> TrackSource:
     video = meta["video"]
     times = db.get_array(store.video_key(video) + b"/times")
     face = db.get_array(store.track_key(track) + b"/face").astype(bool)
-    mel = db.get_array(store.video_key(video) + b"/logmel")
+    return times, face, video
+
+
+def db_track_source(db_path: str, track: str) -> TrackSource:
+    times, face, video = db_track_frames(db_path, track)
+    mel = open_store(db_path).get_array(store.video_key(video) + b"/logmel")
     return TrackSource(track, times, face, mel, db_path=db_path, video=video)
 
 

@@ -293,12 +293,7 @@ def run_split(args: argparse.Namespace) -> dict:
         wanted = {task: sorted(images) for task in TASKS}
     else:
         wanted = served_tasks(tracks_of_split(args.db, args.split, args.test_lists), layout)
-    if args.tracks is not None:
-        unknown = sorted(set(args.tracks) - {t for ts in wanted.values() for t in ts})
-        if unknown:
-            raise PredictError(f"--tracks: not in the {args.split} split of {args.db}: {', '.join(unknown)}")
-        wanted = {task: [t for t in ts if t in args.tracks] for task, ts in wanted.items()}
-        wanted = {task: ts for task, ts in wanted.items() if ts}
+    wanted = select_tracks(wanted, args.tracks, args.split, args.db)
     tracks = sorted({t for ts in wanted.values() for t in ts})
     check_track_names(tracks, args.db)
     out = Path(args.out)
@@ -320,6 +315,18 @@ def run_split(args: argparse.Namespace) -> dict:
         print(format_scores(scores))
         result["scores"] = scores
     return result
+
+
+def select_tracks(wanted: dict[str, list[str]], only: list[str] | None, split: str, db: str
+                  ) -> dict[str, list[str]]:
+    """``--tracks``: {task: tracks} kept to those tracks (None: all); PredictError for one not in the split."""
+    if only is None:
+        return wanted
+    unknown = sorted(set(only) - {t for ts in wanted.values() for t in ts})
+    if unknown:
+        raise PredictError(f"--tracks: not in the {split} split of {db}: {', '.join(unknown)}")
+    kept = {task: [t for t in ts if t in only] for task, ts in wanted.items()}
+    return {task: ts for task, ts in kept.items() if ts}
 
 
 def finish_submission(staging: Path, subs: dict[str, dict[str, np.ndarray]], edition: Edition, fmt: str,
