@@ -75,7 +75,7 @@ def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, inp
     """A fresh model ``name`` for ``layout`` and ``input_spec`` (its family's default when None), optionally
     initialised from local weight files: torchvision Kinetics/ImageNet (tsav, mtmt, resnet18); for emma an MAE
     ViT (``backbone_init``) and DAN's AffectNet-8 file (``dan_init``). ``variant``: the size of a family that
-    has several (emma: base, tiny); ``options``: further constructor options (e.g. emma's ``dan_bn``)."""
+    has several (emma: base, small, tiny); ``options``: further constructor options (e.g. emma's ``dan_bn``)."""
     family = _family(name)
     kwargs = dict(options or {})
     if variant is not None:
