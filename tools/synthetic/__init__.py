@@ -14,6 +14,20 @@
                                                (x, y; eyes, nose tip, mouth corners; NaN when no face)
     DIR/meta.json                              seed, mapping constants, per-video facts (``video_meta``)
 
+With ``--lsd`` (opt-in; without it the output is byte for byte the same) it also writes an LSD set in the
+layout of the ABAW4 learning-from-synthetic-data track (read by ``data.lsd``; module ``lsd``)::
+
+    DIR/lsd/train/<CLASS>/%05d.jpg             "synthetic": identity 0 only, plain/gradient backgrounds, a
+                                               magenta cast, blur (sigma 1 px), JPEG quality 30; --lsd-per-class
+    DIR/lsd/val/<CLASS>/<track>_<frame5>.jpg   "real": byte copies of crops labelled 1-6 (abaw2021 EXPR) of
+                                               the validation tracks (training tracks top up a short class)
+    DIR/lsd/meta.json                          seed, counts per class and split, style parameters
+
+<CLASS> is ANGRE, DISGUST, FEAR, HAPPINESS, SADNESS, SURPRISE: upper case, and the anger folder misspelt
+(first three letters kept) as in the official release, so readers must match folders by prefix. On a DIR
+that already holds the dataset of the same seed and ``--quick``, ``--lsd`` renders no video and only adds
+DIR/lsd; an existing DIR/lsd is left alone (a complete one of these settings: nothing to do; else refused).
+
 The face is the public-domain astronaut photograph shipped with scikit-image (identity 0); identity 1 is
 its mirror image with cooler colours. An elliptical, soft-edged cut-out of the face is composited on a
 moving background with a per-frame similarity transform, so the true landmarks are known exactly.
@@ -52,18 +66,20 @@ Frame ranges in meta are 1-based and inclusive, like ``%05d.jpg`` and label line
 Public API (re-exported here): ``generate(out, seed, quick, workers) -> meta``, ``generate_timed`` (also returns render
 seconds), ``video_specs``, ``plan_video`` (labels and motion without rendering), ``reference_audio``
 (the audio before encoding), ``background`` and ``render_frame`` (a frame before encoding),
-``identities``, ``similarity_lstsq``, ``align_crop`` and the constants.
+``identities``, ``similarity_lstsq``, ``align_crop``, ``generate_lsd`` (the LSD set), ``LSD_FOLDERS`` and the
+constants.
 
 Modules: ``mapping`` (constants, label → signal functions), ``specs`` (the videos), ``labels`` (drawing
 a track's labels), ``faces`` (identities, motion, compositing, crops), ``audio`` (synthesis, encoding),
 ``video_codecs`` (video encoder settings, first-frame time), ``plan`` (one video's plan), ``render``
 (one video's frames, file, crops and truth), ``writers`` (label files), ``dataset`` (``generate``,
-meta), ``cli`` (the command line, run by ``__main__``).
+meta), ``lsd`` (the opt-in LSD set), ``cli`` (the command line, run by ``__main__``).
 """
 
 from tools.synthetic.cli import build_parser, main
 from tools.synthetic.dataset import generate, generate_timed, mapping_meta, video_meta
 from tools.synthetic.faces import align_crop, apply_affine, identities, similarity_lstsq
+from tools.synthetic.lsd import LSD_FOLDERS, generate_lsd
 from tools.synthetic.mapping import (
     ARCFACE_TEMPLATE_112,
     ASTRONAUT_LANDMARKS_5,
@@ -100,9 +116,9 @@ __all__ = [
     "ARCFACE_TEMPLATE_112", "ASTRONAUT_LANDMARKS_5", "AU_DOT_RADIUS", "AU_DOT_RGB", "AU_NAMES_ALL", "AU_POINTS",
     "CROP_SIZE", "EDITION_FOLDERS", "EXPR_AU_AFFINITY", "EXPR_HUES_DEG", "EXPR_PRIOR", "EXPR_TONE_HZ",
     "FACE_EDGE_SIGMA", "FACE_ELLIPSE_AXES", "FACE_ELLIPSE_CENTER", "FACE_REGION_XYWH", "FPS", "LUMA_MEAN",
-    "LUMA_STD", "MTL_EVERY", "TINT_CHROMA", "TINT_KEEP_ORIGINAL",
+    "LSD_FOLDERS", "LUMA_STD", "MTL_EVERY", "TINT_CHROMA", "TINT_KEEP_ORIGINAL",
     "Background", "VideoJob", "VideoResult", "VideoSpec",
     "align_crop", "apply_affine", "arousal_amplitude", "arousal_jitter", "background", "build_parser",
-    "generate", "generate_timed", "identities", "main", "mapping_meta", "plan_video", "reference_audio",
+    "generate", "generate_lsd", "generate_timed", "identities", "main", "mapping_meta", "plan_video", "reference_audio",
     "render_frame", "similarity_lstsq", "valence_gain", "valence_harmonic", "video_meta", "video_specs",
 ]

@@ -1,11 +1,13 @@
-"""Command line of the generator (``python -m tools.synthetic --out DIR --seed N [--quick]``)."""
+"""Command line of the generator (``python -m tools.synthetic --out DIR --seed N [--quick] [--lsd]``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
+from tools.synthetic import lsd
 from tools.synthetic.dataset import generate_timed
 
 
@@ -29,12 +31,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="3-second videos instead of 10-20 s (for tests)")
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel render processes (default: min(2, CPU count))")
+    parser.add_argument("--lsd", action="store_true",
+                        help="also write DIR/lsd, an LSD set (synthetic train/, real val/ crops; see "
+                             "tools.synthetic.lsd); on a DIR that holds the dataset of this --seed and "
+                             "--quick, only DIR/lsd is added (no video is re-rendered)")
+    parser.add_argument("--lsd-per-class", type=int, default=lsd.PER_CLASS,
+                        help=f"synthetic training images per class of --lsd (default {lsd.PER_CLASS})")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Generate the dataset the flags ask for and print a per-video summary."""
+    """Generate the dataset the flags ask for and print a per-video summary (and the LSD set's counts)."""
     args = build_parser().parse_args(argv)
+    if args.lsd:
+        check_lsd_target(args)
+        if lsd.dataset_matches(args.out, args.seed, args.quick):
+            print(f"{args.out}: the mini dataset of seed {args.seed}{' (quick)' * args.quick} is there; "
+                  "videos not re-rendered")
+        else:
+            generate_and_report(args)
+        add_lsd(args)
+    else:
+        generate_and_report(args)
+
+
+def generate_and_report(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     meta, timings = generate_timed(args.out, args.seed, args.quick, args.workers)
     print_summary(meta, timings, time.perf_counter() - t0)
+
+
+def check_lsd_target(args: argparse.Namespace) -> None:
+    """Refuse (exit 1, before anything is written) a DIR/lsd or a dataset in DIR that this run would clobber."""
+    if args.lsd_per_class < 1:
+        sys.exit("--lsd-per-class must be at least 1")
+    found = lsd.state(args.out, args.seed, args.quick, args.lsd_per_class)
+    if found not in ("absent", "complete"):
+        sys.exit(f"{args.out / 'lsd'} exists and is not a complete LSD set of seed {args.seed}: {found}; "
+                 "remove it or choose another --out")
+    if lsd.dataset_matches(args.out, args.seed, args.quick) is False:
+        sys.exit(f"{args.out / 'meta.json'}: {args.out} holds another mini dataset (other --seed or --quick); "
+                 "--lsd adds to the dataset of its own seed only: choose another --out")
+
+
+def add_lsd(args: argparse.Namespace) -> None:
+    t0 = time.perf_counter()
+    try:
+        meta = lsd.generate_lsd(args.out, args.seed, args.quick, args.lsd_per_class)
+    except lsd.LsdRefused as e:  # DIR/lsd appeared since the check
+        sys.exit(str(e))
+    if meta is None:
+        print(f"{args.out / 'lsd'}: the LSD set of seed {args.seed} is already there; nothing written")
+        return
+    print(f"{'lsd class':<12}{'train':>7}{'val':>6}  (val from validation / training tracks)")
+    for folder in lsd.LSD_FOLDERS:
+        src = meta["val_sources"][folder]
+        print(f"{folder:<12}{meta['counts']['train'][folder]:>7}{meta['counts']['val'][folder]:>6}"
+              f"  ({src['Validation_Set']} / {src['Train_Set']})")
+    print(f"{args.out / 'lsd'}: written in {time.perf_counter() - t0:.1f} s")
