@@ -15,10 +15,11 @@ EDITIONS = tuple(tasks.EDITIONS)
 # Names of the model families, semi-supervised methods and decision profiles (models.registry.MODELS,
 # models.ssl.METHODS, utils.outputs.PROFILES);
 # spelled here so that parsing flags imports no torch.
-MODELS = ("tsav", "mtmt", "resnet18", "emma")
-MODEL_SIZES = ("base", "small", "tiny")  # sizes of the families that have several (emma: models.emma.VARIANTS)
+MODELS = ("tsav", "mtmt", "resnet18", "emma", "cotex")
+# sizes of the families that have several (models.emma.VARIANTS, models.cotex.SIZES)
+MODEL_SIZES = ("base", "small", "tiny")
 LOSSES = ("ours", "emma")  # models.losses.LOSS_KINDS
-SSL_METHODS = ("none", "mean_teacher")
+SSL_METHODS = ("none", "mean_teacher", "cotex")
 DECISIONS = ("default", "tsav2020", "mtmt2021", "emma", "emma_thresholds")  # utils.outputs.PROFILES
 
 # Relative defaults shared by the scripts (the demo writes under demo_out/).
@@ -29,10 +30,12 @@ DEFAULT_ANNOTATIONS = f"{DEFAULT_DATA}/annotations/abaw2021"
 def evaluate_parser() -> argparse.ArgumentParser:
     p = _OneLineErrors(
         description="Score ABAW predictions with the official metrics of an edition, or check a "
-        "submission for format problems (--check).")
+        "submission for format problems (--check). With --edition lsd: an LSD prediction file (image,expression "
+        "rows) against a split folder of class folders given as --annotations.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--pred", help="submission folder (VA_Set/ EXPR_Set/ AU_Set/ of per-video files) "
-                      "or one single-file submission (2023+ per track, or MTL)")
+                      "or one single-file submission (2023+ per track, or MTL); with --edition lsd an LSD "
+                      "prediction file (test_val_aff2.py --lsd's predictions.txt)")
     what.add_argument("--check", metavar="PATH", help="check this submission (folder or file) and report "
                       "every problem with file and line; exit code 1 if there is any")
     what.add_argument("--compare", nargs=2, metavar=("A", "B"),
@@ -40,12 +43,14 @@ def evaluate_parser() -> argparse.ArgumentParser:
                       "folders of test_val_aff2.py .npz outputs): EXPR/AU equal fraction, VA max |difference|")
     p.add_argument("--annotations", default=DEFAULT_ANNOTATIONS,
                    help="folder holding the task folders (VA_Set/EXPR_Set/AU_Set or the 2022+ names) "
-                   "or the multi-task annotation files")
+                   "or the multi-task annotation files; with --edition lsd: the split folder the predictions "
+                   "are for (e.g. LSD_ROOT/val: one folder per class, or bare images for --check of a test set)")
     p.add_argument("--edition", choices=EDITIONS, default="abaw2021",
                    help="which edition's metrics, class count and AU set to use (with --compare: how to read "
                    "per-video files and how many EXPR classes raw outputs have)")
     p.add_argument("--split", default=tasks.VAL_SPLIT,
-                   help="annotation split to score against (Validation_Set or Train_Set)")
+                   help="annotation split to score against (Validation_Set or Train_Set); not used with "
+                   "--edition lsd (--annotations names the split folder)")
     p.add_argument("--json", default=None,
                    help="also write the scores (with --compare: the agreement) as JSON to this file")
     p.add_argument("--allow-partial", action="store_true",
@@ -207,6 +212,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.convert_arg_line_to_args = _args_of_line
     g = p.add_argument_group("data")
     g.add_argument("--db", default="demo_out/db", help="LMDB database built by create_database.py")
+    g.add_argument("--lsd", default=None,
+                   help="train on an ABAW4 LSD image folder instead of --db: ROOT/train/<CLASS>/ (synthetic) and "
+                   "ROOT/val/<CLASS>/ (real) images, 6 classes; layout and edition lsd (e.g. --model cotex)")
     g.add_argument("--output-dir", default="runs/train",
                    help="folder for config.json, last.pth, best.pth, log.csv, tb/; one that holds them already is "
                    "refused unless --resume continues a checkpoint in it or --overwrite is given")
@@ -247,7 +255,8 @@ def train_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="tsav", choices=MODELS,
                    help="tsav: R(2+1)D-18 + ResNet-18 on clip + audio, one head; mtmt: SE video stream, task heads, "
-                   "self-cure; resnet18: one frame (no mask, no audio), one head")
+                   "self-cure; resnet18: one frame (no mask, no audio), one head; emma: ViT + DAN (ABAW4 MTL); "
+                   "cotex: --peers ViTs co-trained with --ssl cotex (ABAW4 LSD)")
     g.add_argument("--dropout", type=_factor_spread, default=0.0, help="dropout before the head(s)")
     g.add_argument("--init-from", default=None,
                    help="checkpoint to start from: same model and layout → every weight, else the two streams "
@@ -260,7 +269,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-size", default=None, choices=MODEL_SIZES,
                    help="size of a model that has several (emma: base = the published ViT-B/16 and ResNet-18 DAN; "
                    "small = a 4-block ViT of width 192; tiny = a 2-block ViT of width 64 on 32 px patches with a "
-                   "narrow DAN, for tests and the CPU demo); default: the full size. An error for other models")
+                   "narrow DAN, for tests and the CPU demo); cotex: base = ViT-B/16 peers, tiny = 2 blocks of width "
+                   "64; default: the full size. An error for other models")
     g.add_argument("--dan-init", default=None,
                    help="emma: DAN's AffectNet-8 checkpoint ({'iter', 'model_state_dict', ...}) for the frozen CNN")
     g.add_argument("--dan-bn", default=None, choices=("frozen", "adapt"),
@@ -270,8 +280,14 @@ def train_parser() -> argparse.ArgumentParser:
                    help="emma: layer-wise lr decay of the ViT (lr x decay^(depth + 1 - layer)); default the "
                    "published 0.65 (1: every layer at the full lr, e.g. from scratch); an error for other models")
     g.add_argument("--drop-path", type=float, default=None,
-                   help="emma: stochastic depth rate of the ViT blocks (default the published 0.1); an error for "
-                   "other models")
+                   help="emma, cotex: stochastic depth rate of the ViT blocks (default the published 0.1); an error "
+                   "for other models")
+    g.add_argument("--peers", type=_positive_int, default=None,
+                   help="cotex: number of co-trained ViTs (default the published 2); an error for other models")
+    g.add_argument("--mask-ratio", type=_number(float, 0.0, 1.0, high_open=True), default=None,
+                   help="cotex: share of patch tokens each peer drops in training, its own random subset per "
+                   "image (timm's patch dropout; default 0 as the shipped script, the paper masks most patches, "
+                   "e.g. 0.75); an error for other models")
     g = p.add_argument_group("loss and mean teacher")
     g.add_argument("--loss", default="ours", choices=LOSSES,
                    help="supervised losses: ours (masked CE, per-AU BCE means, 1 - CCC; weights expr=3,au=1,va=1) "
@@ -285,7 +301,13 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--tsav-filter", action="store_true",
                    help="drop EXPR labels that contradict VA (reported TSAV filtering, unverified)")
     g.add_argument("--ssl", default="none", choices=SSL_METHODS,
-                   help="semi-supervised method: none, or mean_teacher (EMA teacher, consistency on its view)")
+                   help="semi-supervised method: none, mean_teacher (EMA teacher, consistency on its view) or cotex "
+                   "(the peers' mean CE + --lambda-js x their Jensen-Shannon agreement; needs --model cotex)")
+    g.add_argument("--lambda-js", type=_amount, default=100.0,
+                   help="cotex: weight of the agreement term (published 100)")
+    g.add_argument("--js", default="published", choices=("published", "per_sample"),
+                   help="cotex agreement term: published (KL entries averaged over batch x classes, i.e. the "
+                   "Jensen-Shannon divergence / 6) or per_sample (the divergence itself, summed over classes)")
     g.add_argument("--consistency", default="missing", choices=("missing", "all"),
                    help="consistency per task on the samples missing that label (MTMT) or on all samples")
     g.add_argument("--consistency-weight", type=_amount, default=0.4,
@@ -372,7 +394,8 @@ def test_parser() -> argparse.ArgumentParser:
         description="Predict every frame of every video of a split from the database and write the edition's "
         "submission files (checked, and scored on val); or, with --video, predict one video file and write a "
         "per-frame CSV, a timeline plot and optionally an overlay MP4; or, with --fuse, late-fuse the raw outputs of "
-        "earlier split runs into the split's submission files.")
+        "earlier split runs into the split's submission files; or, with --lsd, predict every image of a split "
+        "folder of an ABAW4 LSD root (predictions.txt, scored on a labelled split).")
     p.add_argument("--checkpoint", default=None,
                    help="best.pth/last.pth of train.py, or a published TSAV/MTMT checkpoint (required unless --fuse)")
     p.add_argument("--fuse", nargs="+", default=None, metavar="RAW",
@@ -387,9 +410,15 @@ def test_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuse-weights", type=weights, default=None, metavar="W,W,...",
                    help="with --fuse: one positive weight per folder, in order, comma-separated (default: equal)")
     p.add_argument("--db", default="demo_out/db", help="LMDB database built by create_database.py")
-    p.add_argument("--split", choices=("val", "test"), default="val",
+    p.add_argument("--lsd", default=None, metavar="ROOT",
+                   help="instead of --db: an ABAW4 LSD root; predict every image of its --split folder (class "
+                   "folders: scored; bare images: predictions only) with a frame model that has the six classes "
+                   "and write OUT/predictions.txt (rows image,class 0-5: Anger, Disgust, Fear, Happiness, "
+                   "Sadness, Surprise), scores.json and confusion.png (see README, LSD predictions)")
+    p.add_argument("--split", default="val",
                    help="val: tracks annotated in Validation_Set (scored); test: tracks of --test-lists, "
-                   "or every track without annotations")
+                   "or every track without annotations; with --lsd: the folder of ROOT to predict (val, train, "
+                   "or a folder of test images)")
     p.add_argument("--edition", choices=EDITIONS, default="abaw2021",
                    help="edition whose classes, AU set, file format and metrics to use")
     p.add_argument("--format", choices=("auto",) + tasks.SUBMISSION_FORMATS, default="auto",
@@ -398,17 +427,18 @@ def test_parser() -> argparse.ArgumentParser:
                    "edition's own (mtl for abaw4, per-video otherwise)")
     p.add_argument("--out", default="demo_out/test_val",
                    help="output folder: this run's files (submission/, raw/, scores.json; with --video the video's "
-                   "files) are replaced together once complete, anything else in it is left alone")
+                   "files; with --lsd predictions.txt, scores.json, confusion.png) are replaced together once "
+                   "complete, anything else in it is left alone")
     p.add_argument("--annotations", default=DEFAULT_ANNOTATIONS,
                    help="annotation folder to score val predictions against (evaluate.py)")
     p.add_argument("--test-lists", nargs="*", default=[],
                    help="test-set list files (track names; the task is read from the file name)")
     p.add_argument("--tracks", nargs="*", default=None, help="only these tracks of the split")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="clips per forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="clips (--lsd: images) per forward pass")
     p.add_argument("--chunk", type=_positive_int, default=512,
                    help="consecutive frames decoded together; each crop is decoded once per chunk")
-    p.add_argument("--workers", type=_count, default=2, help="DataLoader processes decoding chunks (0: in the main "
-                   "process; --video always decodes in the main process)")
+    p.add_argument("--workers", type=_count, default=2, help="DataLoader processes decoding chunks (--lsd: images; "
+                   "0: in the main process; --video always decodes in the main process)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                    help="autocast precision on CUDA (ignored on CPU)")

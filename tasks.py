@@ -9,8 +9,8 @@ these names. Everything here is plain data plus small look-ups:
   the ABAW4 synthetic-data track (no Neutral; their Aff-Wild2 codes are 1–6, ``EXPR_CODES_6``); AU with 8
   (2020) and 12 (2021+).
 - editions: what a challenge edition scores (its classes, AUs and metric weights) and the submission
-  format it takes. A new track is one more ``Edition`` in ``EDITIONS``; the command lines offer every
-  registered edition.
+  format it takes (per-video files, one file, the MTL file, or the LSD track's image rows). A new track is
+  one more ``Edition`` in ``EDITIONS``; the command lines offer every registered edition.
 - output layouts: which output column of a model means what. A layout has some or all of the three
   blocks, in its own order, a VA activation ("tanh", or "identity" = the raw value, clipped to [−1, 1]
   for predictions) and the edition its validation scores by default.
@@ -64,13 +64,16 @@ class Edition:
     submission: str = "per-video"
 
 
-SUBMISSION_FORMATS = ("per-video", "single-file", "mtl")
+SUBMISSION_FORMATS = ("per-video", "single-file", "mtl", "lsd")
 EDITIONS: dict[str, Edition] = {
     "abaw2020": Edition("abaw2020", EXPR_NAMES_7, AU_NAMES_8, (0.67, 0.33), (0.5, 0.5)),
     "abaw2021": Edition("abaw2021", EXPR_NAMES_7, AU_NAMES_12, (0.67, 0.33), (0.5, 0.5)),
     "abaw3": Edition("abaw3", EXPR_NAMES_8, AU_NAMES_12, (1.0, 0.0), (1.0, 0.0)),
     # ABAW4 multi-task track on s-Aff-Wild2: P = mean CCC(V, A) + EXPR macro-F1 (8) + AU mean F1 (12).
     "abaw4": Edition("abaw4", EXPR_NAMES_8, AU_NAMES_12, (1.0, 0.0), (1.0, 0.0), submission="mtl"),
+    # ABAW4 learning-from-synthetic-data track: macro-F1 over the 6 basic classes on real images (accuracy
+    # reported beside it); its predictions are one file of image rows ("lsd", README).
+    "lsd": Edition("lsd", EXPR_NAMES_6, (), (1.0, 0.0), (1.0, 0.0), submission="lsd"),
 }
 
 
@@ -169,6 +172,8 @@ LAYOUTS: dict[str, OutputLayout] = {
     # EMMA's published order: V, A (raw, no tanh), 8 EXPR logits, 12 AU logits.
     "emma": OutputLayout("emma", ("va", "expr", "au"), 8, EXPR_NAMES_8, AU_NAMES_12, va_activation="identity",
                          edition="abaw4"),
+    # CoTEX (ABAW4 LSD): 6 class logits, Anger ... Surprise.
+    "lsd": OutputLayout("lsd", ("expr",), 6, EXPR_NAMES_6, edition="lsd"),
 }
 
 

@@ -31,9 +31,11 @@ from torch.utils.data import DataLoader
 
 from app.checkpoints import TrainState, checkpoint, plain, read_resume, save_atomic, set_rng_state
 from app.inference import autocast, progress_bar
+from app.lsd_run import evaluate_images
 from app.train_log import EpochLog, epoch_row
 from app.validation import evaluate, precise_bn
 from data.clips import Augment, ClipDataset, DatasetError
+from data.lsd import LsdError, LsdImages
 from data.sampling import EpochSampler, sampling_weights, validation_indices
 from models.base import prepare_inputs, unwrap_model
 from models.losses import MultiTaskLoss
@@ -62,6 +64,16 @@ from utils.optim import (
 def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
     """Fill the 'auto' choices that depend on other flags or on the device."""
     args = argparse.Namespace(**vars(args))
+    if args.lsd:  # the LSD image folders: 6 classes, scored by the lsd edition
+        if args.edition not in (None, "lsd"):
+            raise ValueError(f"--lsd trains and validates the 6 LSD classes (edition lsd), not --edition "
+                             f"{args.edition}")
+        if args.precise_bn:
+            raise ValueError("--precise-bn re-estimates BatchNorm statistics on database clips; not with --lsd")
+        args.layout, args.edition = "lsd", "lsd"
+    if (args.model == "cotex") != (args.ssl == "cotex"):
+        raise ValueError("--model cotex trains with --ssl cotex (its peers' co-training loss), and --ssl cotex needs "
+                         f"--model cotex (got --model {args.model} --ssl {args.ssl})")
     if args.edition is None:
         args.edition = get_layout(args.layout).edition
     if args.size is None:
@@ -91,7 +103,12 @@ def input_spec(args: argparse.Namespace) -> InputSpec:
 
 
 def make_datasets(args: argparse.Namespace, layout: OutputLayout) -> tuple[ClipDataset, ClipDataset, np.ndarray]:
-    """Train and validation datasets and the validation frames; every data problem is raised here."""
+    """Train and validation datasets and the validation frames (images with --lsd); every data problem is raised
+    here."""
+    if args.lsd:  # the published view: crop and flip drawn per image (no colour jitter)
+        train = LsdImages(args.lsd, "train", args.size, flip=args.flip)
+        val = LsdImages(args.lsd, "val", args.size)
+        return train, val, validation_indices(val, args.val_samples, args.seed)
     spec = input_spec(args)
     augment = Augment(flip=args.flip, brightness=args.jitter, contrast=args.jitter, saturation=args.jitter,
                       hue=args.hue, teacher=METHODS[args.ssl].teacher_view, teacher_jitter=args.teacher_jitter)
@@ -111,14 +128,16 @@ def make_sampler(args: argparse.Namespace, train: ClipDataset, info: dist.DistIn
 
 def make_model(args: argparse.Namespace, layout: OutputLayout, log) -> nn.Module:
     """A fresh model as the model flags say (size, initial weights; EMMA's DAN BatchNorm mode, layer decay and
-    drop-path)."""
+    drop-path; CoTEX's peers and mask ratio)."""
     options = {}
-    for flag, key in (("--dan-bn", "dan_bn"), ("--layer-decay", "layer_decay"), ("--drop-path", "drop_path")):
+    for flag, key, models in (("--dan-bn", "dan_bn", ("emma",)), ("--layer-decay", "layer_decay", ("emma", "cotex")),
+                              ("--drop-path", "drop_path", ("emma", "cotex")), ("--peers", "peers", ("cotex",)),
+                              ("--mask-ratio", "mask_ratio", ("cotex",))):
         value = getattr(args, key)
         if value is None:
             continue
-        if args.model != "emma":
-            raise ValueError(f"{flag} is for emma, not {args.model}")
+        if args.model not in models:
+            raise ValueError(f"{flag} is for {' and '.join(models)}, not {args.model}")
         options[key] = value
     model = build_model(args.model, layout, args.dropout, input_spec(args), args.video_init, args.audio_init,
                         args.backbone_init, dan_init=args.dan_init, variant=args.model_size, options=options)
@@ -186,12 +205,13 @@ def batch_loss(model: nn.Module, method: Supervised, criterion: MultiTaskLoss, b
                args: argparse.Namespace, device: torch.device, layout: OutputLayout,
                epoch_progress: float) -> tuple[torch.Tensor, dict]:
     """Supervised loss of one batch (+ the method's terms, or else the model's own regularization) and its parts."""
-    targets = {k: batch[k].to(device, non_blocking=True) for k in ("expr", "au", "va")}
-    valid = {k: batch[f"{k}_valid"].to(device, non_blocking=True) for k in ("expr", "au", "va")}
+    tasks = [k for k in ("expr", "au", "va") if k in batch]  # LSD images carry EXPR only
+    targets = {k: batch[k].to(device, non_blocking=True) for k in tasks}
+    valid = {k: batch[f"{k}_valid"].to(device, non_blocking=True) for k in tasks}
     inputs = prepare_inputs(model, batch, device, channels_last=args.channels_last)
     with autocast(device, args.amp):
         out = model(inputs)
-    loss, parts = criterion(out, targets, valid)
+    loss, parts = method.supervised_loss(out, targets, valid, criterion)
     logs = {"loss_" + k: v.detach() for k, v in parts.items()}
 
     def view(name: str) -> dict:  # another view of the same frames (e.g. the teacher's)
@@ -257,7 +277,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         try:
             r = setup(args, info)
-        except (CheckpointError, DatasetError, FileNotFoundError, ValueError) as e:
+        except (CheckpointError, DatasetError, LsdError, FileNotFoundError, ValueError) as e:
             raise SetupError(str(e)) from e
         return train(r)
     finally:
@@ -297,10 +317,9 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
     if hasattr(model, "seed_views"):  # training views drawn on the device side: one seeded stream per rank
         model.seed_views(args.seed + info.rank)
     log(f"{args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), layout {layout.name}, "
-        f"edition {edition.name}, {info.world_size} process(es) on {info.device}; train {len(train_set.tracks)} "
-        f"tracks, {len(sampler) * info.world_size} clips/epoch ({batches} batches/process, {steps_per_epoch} "
-        f"optimiser steps); "
-        f"validation {len(val_index)} frames of {len(val_set.tracks)} tracks")
+        f"edition {edition.name}, {info.world_size} process(es) on {info.device}; train {describe(train_set)}, "
+        f"{len(sampler) * info.world_size} samples/epoch ({batches} batches/process, {steps_per_epoch} "
+        f"optimiser steps); validation {len(val_index)} of {describe(val_set)}")
 
     if resume is not None:
         model.load_state_dict(resume["student"], strict=True)
@@ -329,6 +348,10 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
         log(f"resumed from {args.resume}: epoch {state.epoch}, step {state.step}, best {state.best_score:.4f}")
     return Run(args, info, layout, edition, criterion, train_set, val_set, val_index, sampler, model, method,
                optimizer, scheduler, scaler, state)
+
+
+def describe(dataset: ClipDataset | LsdImages) -> str:
+    return dataset.describe() if isinstance(dataset, LsdImages) else f"{len(dataset.tracks)} tracks"
 
 
 def end_of_epoch(r: Run, epoch: int, seconds: float, train_logs: dict, scores: dict, out: Path,
@@ -362,8 +385,8 @@ def end_of_epoch(r: Run, epoch: int, seconds: float, train_logs: dict, scores: d
             r.log(f"epoch {epoch}: loss {train_logs.get('loss', math.nan):.4f} | not validated (--eval-every "
                   f"{args.eval_every}) | best {state.best_score:.4f} (epoch {state.best_epoch}) | {seconds:.0f} s")
             return
-        r.log(f"epoch {epoch}: loss {train_logs.get('loss', math.nan):.4f} | {args.select} val "
-              f"VA {scores['va']['score']:.4f} EXPR {scores['expr']['score']:.4f} AU {scores['au']['score']:.4f} "
+        tasks = " ".join(f"{k.upper()} {scores[k]['score']:.4f}" for k in ("va", "expr", "au") if k in scores)
+        r.log(f"epoch {epoch}: loss {train_logs.get('loss', math.nan):.4f} | {args.select} val {tasks} "
               f"total {scores['total']:.4f} | best {state.best_score:.4f} (epoch {state.best_epoch}) | {seconds:.0f} s")
 
 
@@ -383,7 +406,7 @@ def train(r: Run) -> dict:
     if info.is_main:
         run_dir.start_run_dir(out, args.overwrite, r.log)
         (out / "config.json").write_text(json.dumps(plain(vars(args)), indent=2) + "\n")
-        logger = EpochLog(out, args.tensorboard, tuple(lr_columns(r.optimizer)))
+        logger = EpochLog(out, args.tensorboard, r.method.log_fields + tuple(lr_columns(r.optimizer)))
     dist.barrier()  # the other ranks wait until rank 0 has cleared and created the folder
     loader = DataLoader(r.train_set, batch_size=args.batch_size, sampler=r.sampler, num_workers=args.workers,
                         pin_memory=info.device.type == "cuda", drop_last=True,
@@ -413,7 +436,8 @@ def train(r: Run) -> dict:
                     draws, _ = bn_sampler.draws()  # plain ints: clips without augmentation
                     precise_bn(chosen, r.train_set, draws.tolist(), args, info.device)
                     dist.average_buffers(chosen)
-                scores = evaluate(chosen, r.val_set, r.val_index, r.edition, args, info)
+                score_fn = evaluate_images if isinstance(r.val_set, LsdImages) else evaluate
+                scores = score_fn(chosen, r.val_set, r.val_index, r.edition, args, info)
             state.epoch += 1
             end_of_epoch(r, epoch, time.time() - t0, train_logs, scores, out, logger)
             dist.barrier()

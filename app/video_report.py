@@ -110,11 +110,18 @@ def plot_timeline(path: str | Path, times: np.ndarray, has_face: np.ndarray, pre
     ax_au.set_xlabel("time (s)")
     if title:
         ax_va.set_title(title)
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Lay out, write atomically (a killed run leaves no half PNG) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
     return path

@@ -92,5 +92,6 @@ def validation_indices(dataset: ClipDataset, num: int | None = None, seed: int =
     if num and num < len(index):
         index = np.sort(np.random.default_rng(seed).choice(index, size=num, replace=False))
     if len(index) == 0:
-        raise DatasetError(f"{dataset.db_path}: no labelled frame in {dataset.split}; nothing to validate on")
+        where = getattr(dataset, "db_path", None) or getattr(dataset, "root", "dataset")
+        raise DatasetError(f"{where}: no labelled sample in {dataset.split}; nothing to validate on")
     return index

@@ -19,8 +19,12 @@ What the published code does (``../shared/reference/other_systems.md`` §1.6–1
 - Checkpoints: ``{'epoch', 'args', ..., 'state_dicts': [sd_1, ..., sd_N]}``, keys ``vit.*`` (``module.vit.*``
   when trained under DataParallel); ``load_cotex`` reads them strictly.
 
-Not yet here (issue 14, open): the ``--ssl cotex`` plug-in of train.py, the LSD image-folder dataset and edition,
-``models.load_published`` recognising the file, the mini LSD set and ``bash shs/demo.sh cotex``.
+As a model of this code base (``models.base``): arch ``cotex``, layout ``lsd`` (6 logits), one RGB frame in
+(the data layer draws the crop and flip, ``data.lsd``), ``prepare`` = ImageNet normalisation, timm's layer-wise lr
+decay per peer (the same layer of every peer in one group), and ``forward`` gives the sum of the peers' logits in
+evaluation and the N×B×C stack of them in training (what ``--ssl cotex``'s loss needs; as torchvision's
+Inception returns its auxiliary logits only in training). ``models.registry.load_model`` reads our checkpoints
+and the published file (``load_cotex``).
 """
 
 from __future__ import annotations
@@ -33,16 +37,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+from timm.optim import param_groups_layer_decay
 from torch import Tensor, nn
 
-from utils.checkpoint import CheckpointError, check_keys, read_checkpoint
+from models.base import AffectModel
+from models.emma import mae_encoder_state
+from models.prepare import imagenet_input, to_unit, view_jitter
+from tasks import OutputLayout, get_layout
+from utils.checkpoint import CheckpointError, check_keys, read_checkpoint, state_dict_of
+from utils.inputs import PIXELS, InputSpec
 
 CLASSES = 6  # ABAW4 LSD: Anger, Disgust, Fear, Happiness, Sadness, Surprise (tasks.EXPR_NAMES_6)
 LAMBDA_JS = 100.0
 PROB_FLOOR = 1e-4  # the published clamp of the probabilities inside the KL
 HEAD_STD = 2e-5
 DROP_PATH = 0.1
+LAYER_DECAY = 0.65
 PATCH = 16
+VIT_NO_DECAY = ("pos_embed", "cls_token")  # besides 1-D tensors (biases, norms)
 JS_KINDS = ("published", "per_sample")
 
 
@@ -62,16 +74,19 @@ class Peer(nn.Module):
     """One co-trained network: a timm ViT with a 6-way linear head, held at ``vit`` (the published key names)."""
 
     def __init__(self, size: str = "base", img_size: int = 224, mask_ratio: float = 0.0,
-                 drop_path: float = DROP_PATH, num_classes: int = CLASSES) -> None:
+                 drop_path: float = DROP_PATH, num_classes: int = CLASSES, dropout: float = 0.0) -> None:
         super().__init__()
         if size not in SIZES:
             raise ValueError(f"cotex: unknown peer size {size!r} (known: {', '.join(SIZES)})")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"cotex: the mask ratio must be in [0, 1), got {mask_ratio}")
+        if img_size < PATCH:
+            raise ValueError(f"cotex: the input size {img_size} is smaller than one {PATCH} px patch")
         s = SIZES[size]
         self.vit = VisionTransformer(img_size=img_size, patch_size=PATCH, num_classes=num_classes,
                                      global_pool="token", embed_dim=s.dim, depth=s.depth, num_heads=s.heads,
-                                     qkv_bias=True, drop_path_rate=drop_path, patch_drop_rate=mask_ratio)
+                                     qkv_bias=True, drop_rate=dropout, drop_path_rate=drop_path,
+                                     patch_drop_rate=mask_ratio)
         nn.init.trunc_normal_(self.vit.head.weight, std=HEAD_STD)
         nn.init.zeros_(self.vit.head.bias)
 
@@ -79,27 +94,80 @@ class Peer(nn.Module):
         return self.vit(x)
 
 
-class CoTEX(nn.Module):
-    """N peers on the same B×3×S×S ImageNet-normalised faces; ``forward`` gives the B×6 sum of their logits."""
+class CoTEX(AffectModel):
+    """N peers on the same B×3×S×S ImageNet-normalised faces; ``forward`` gives the B×6 sum of their logits in
+    evaluation, the N×B×6 stack in training."""
 
-    def __init__(self, peers: int = 2, size: str = "base", img_size: int = 224, mask_ratio: float = 0.0,
-                 drop_path: float = DROP_PATH, num_classes: int = CLASSES) -> None:
+    arch = "cotex"
+    decision = "default"  # the argmax of the 6 summed logits
+
+    def __init__(self, layout: str | OutputLayout = "lsd", dropout: float = 0.0, input_spec: InputSpec | None = None,
+                 variant: str = "base", peers: int = 2, mask_ratio: float = 0.0, drop_path: float = DROP_PATH,
+                 layer_decay: float = LAYER_DECAY) -> None:
         super().__init__()
+        spec = input_spec or InputSpec.frame(size=224)
+        if spec.kind != "frame" or spec.mask is not None:
+            raise ValueError(f"{self.arch} takes one RGB frame (input kind 'frame', no mask), not {spec}")
+        self.layout = get_layout(layout)
+        if self.layout.sizes != {"expr": CLASSES}:
+            raise ValueError(f"{self.arch}: layout {self.layout.name!r} is not {CLASSES} class logits (use 'lsd')")
         if peers < 1:
-            raise ValueError(f"cotex: at least one peer, got {peers}")
-        self.size, self.mask_ratio = size, mask_ratio
-        self.peers = nn.ModuleList(Peer(size, img_size, mask_ratio, drop_path, num_classes) for _ in range(peers))
+            raise ValueError(f"{self.arch}: at least one peer, got {peers}")
+        self.input_spec = spec
+        self.variant, self.mask_ratio, self.layer_decay = variant, mask_ratio, layer_decay
+        self.peers = nn.ModuleList(Peer(variant, spec.size, mask_ratio, drop_path, CLASSES, dropout)
+                                   for _ in range(peers))
+
+    def prepare(self, raw: Mapping[str, Tensor], device: torch.device, view: str = "student",
+                channels_last: bool = False) -> dict[str, Tensor]:
+        """B×3×S×S uint8 (crop and flip already drawn by the dataset) → {'image': ImageNet-normalised floats},
+        with the view's colour jitter when the batch carries factors (database clips with --jitter; the LSD images
+        carry none, as published)."""
+        return {"image": imagenet_input(view_jitter(to_unit(raw[PIXELS], device), raw, view), channels_last)}
 
     def peer_logits(self, x: Tensor) -> Tensor:
         """N×B×C: each peer's logits (in training each with its own dropped tokens)."""
         return torch.stack([peer(x) for peer in self.peers])
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        return self.peer_logits(inputs["image"]).sum(dim=0)
+        logits = self.peer_logits(inputs["image"])
+        return logits if self.training else logits.sum(dim=0)
 
     def predict(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        """Class indices: the argmax of the sum of the peers' logits."""
-        return self(inputs).argmax(dim=1)
+        """Class indices: the argmax of the sum of the peers' logits (whatever the mode)."""
+        return self.peer_logits(inputs["image"]).sum(dim=0).argmax(dim=1)
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"peers.{i}.vit.{n}" for i in range(len(self.peers)) for n in VIT_NO_DECAY}
+
+    def param_groups(self, base_lr: float) -> list[dict]:
+        """timm's layer-wise lr decay in every peer (its layer numbering and scales: decay^(last − layer), the
+        patch embedding, position and CLS at 0, the head last), the same group of all peers merged; a group is
+        named by the layer of its first parameter."""
+        merged: dict[str, dict] = {}
+        for peer in self.peers:
+            names = {id(p): n for n, p in peer.vit.named_parameters()}
+            depth = len(peer.vit.blocks)
+            # weight_decay=1.0 only marks timm's decayed groups: they take the run's --weight-decay
+            for g in param_groups_layer_decay(peer.vit, weight_decay=1.0, no_weight_decay_list=VIT_NO_DECAY,
+                                              layer_decay=self.layer_decay):
+                name = f"layer{vit_layer(names[id(g['params'][0])], depth)}"
+                extra = {}
+                if g["weight_decay"] == 0:
+                    name, extra = name + "_no_decay", {"weight_decay": 0.0}
+                group = merged.setdefault(name, {"name": name, "params": [], "lr_scale": g["lr_scale"], **extra})
+                group["params"] += g["params"]
+        return list(merged.values())
+
+
+def vit_layer(name: str, depth: int) -> int:
+    """Layer id of a ViT parameter for lr decay, as timm's ViT group matcher assigns it (0 = patch embedding,
+    position and CLS; i + 1 = block i; depth + 1 = the final norm and the head)."""
+    if name.startswith(("cls_token", "pos_embed", "patch_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
 
 
 def js_agreement(logits: Tensor, kind: str = "published") -> Tensor:
@@ -158,15 +226,45 @@ def size_of(state: Mapping[str, Tensor]) -> str:
     raise CheckpointError(f"a CoTEX peer of width {dim} and depth {depth} is none of the sizes {', '.join(SIZES)}")
 
 
+def options_of(state: Mapping[str, Tensor]) -> dict:
+    """Constructor options a state dict of ours implies: the peer size and the number of peers."""
+    peers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("peers."))
+    return {"variant": size_of({k.split(".", 2)[2]: v for k, v in state.items() if k.startswith("peers.0.")}),
+            "peers": peers}
+
+
+def detect_state(state: Mapping[str, Tensor]) -> bool:
+    """Whether a state dict is our CoTEX model's (peers.<i>.vit.*)."""
+    return "peers.0.vit.cls_token" in state
+
+
 @torch.no_grad()
-def load_cotex(path: str | Path) -> CoTEX:
-    """A published CoTEX checkpoint as the N-peer model in eval mode (strict keys; the input size is read from
-    the position embedding)."""
-    states = peer_states(read_checkpoint(path, safe_globals=[argparse.Namespace]), path)  # 'args': a Namespace
+def published_model(ckpt: Mapping, path: str | Path) -> CoTEX:
+    """The N-peer model of a loaded published checkpoint, in eval mode (strict keys; the input size is read
+    from the position embedding)."""
+    states = peer_states(ckpt, path)
     size = size_of(states[0])
     grid = round((states[0]["vit.pos_embed"].shape[1] - 1) ** 0.5)
-    model = CoTEX(peers=len(states), size=size, img_size=grid * PATCH)
+    model = CoTEX(peers=len(states), variant=size, input_spec=InputSpec.frame(size=grid * PATCH))
     for i, (peer, state) in enumerate(zip(model.peers, states, strict=True)):
         check_keys(peer.state_dict(), state, path, f"CoTEX peer {i + 1} ({size} ViT, {CLASSES} classes)")
         peer.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def load_cotex(path: str | Path) -> CoTEX:
+    """A published CoTEX checkpoint file as the N-peer model in eval mode."""
+    return published_model(read_checkpoint(path, safe_globals=[argparse.Namespace]), path)  # 'args': a Namespace
+
+
+@torch.no_grad()
+def load_mae(model: CoTEX, path: str | Path) -> None:
+    """One MAE ViT checkpoint (``{'model': …}``) into every peer, as the published code starts them: decoder and
+    mask token dropped, ``pos_embed`` resampled to the input grid; every encoder weight must fit; heads fresh."""
+    obj = read_checkpoint(path, safe_globals=[argparse.Namespace])
+    state = state_dict_of(obj, path)
+    for peer in model.peers:
+        encoder = mae_encoder_state(state, peer.vit)
+        expected = {k: v for k, v in peer.vit.state_dict().items() if not k.startswith("head.")}
+        check_keys(expected, encoder, path, f"a CoTEX peer ViT ({model.variant}, {model.input_spec.size} px)")
+        peer.vit.load_state_dict(encoder, strict=False)

@@ -7,6 +7,7 @@ system adds one entry here and its own modules; nothing else in the engine or in
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models import emma, frame_cnn, tsav, tsav_weights
+from models import cotex, emma, frame_cnn, tsav, tsav_weights
 from models.dan import load_dan
 from tasks import OutputLayout, get_layout, layout_for_num_outputs
 from utils.checkpoint import CheckpointError, check_keys, read_checkpoint, state_dict_of
@@ -49,6 +50,8 @@ MODELS: dict[str, Family] = {
                        lambda: InputSpec.frame(size=112)),
     "emma": Family(emma.EMMA, emma.detect_emma, emma.infer_layout, lambda: InputSpec.frame(size=224),
                    lambda state: {"variant": emma.variant_of(state)}, tuple(emma.VARIANTS)),
+    "cotex": Family(cotex.CoTEX, cotex.detect_state, lambda s, p: get_layout("lsd"),
+                    lambda: InputSpec.frame(size=224), cotex.options_of, tuple(cotex.SIZES)),
 }
 
 
@@ -74,8 +77,9 @@ def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, inp
                 options: Mapping[str, object] | None = None) -> nn.Module:
     """A fresh model ``name`` for ``layout`` and ``input_spec`` (its family's default when None), optionally
     initialised from local weight files: torchvision Kinetics/ImageNet (tsav, mtmt, resnet18); for emma an MAE
-    ViT (``backbone_init``) and DAN's AffectNet-8 file (``dan_init``). ``variant``: the size of a family that
-    has several (emma: base, small, tiny); ``options``: further constructor options (e.g. emma's ``dan_bn``)."""
+    ViT (``backbone_init``) and DAN's AffectNet-8 file (``dan_init``); for cotex an MAE ViT into every peer.
+    ``variant``: the size of a family that has several (emma: base, small, tiny; cotex: base, tiny);
+    ``options``: further constructor options (e.g. emma's ``dan_bn``, cotex's ``peers``)."""
     family = _family(name)
     kwargs = dict(options or {})
     if variant is not None:
@@ -94,10 +98,14 @@ def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, inp
             tsav_weights.init_video_from(model, video_init)
         if audio_init:
             tsav_weights.init_audio_from(model, audio_init)
-    elif name == "emma":
+    elif name in ("emma", "cotex"):
         if video_init or audio_init:
-            raise ValueError("--video-init/--audio-init are for tsav/mtmt; emma takes --backbone-init (an MAE ViT) "
-                             "and --dan-init")
+            raise ValueError(f"--video-init/--audio-init are for tsav/mtmt; {name} takes --backbone-init (an MAE "
+                             "ViT)" + (" and --dan-init" if name == "emma" else ""))
+        if name == "cotex":
+            if backbone_init:
+                cotex.load_mae(model, backbone_init)
+            return model
         if backbone_init:
             emma.load_mae(model, backbone_init)
         if dan_init:
@@ -139,10 +147,15 @@ def load_model(path: str | Path, layout: str | OutputLayout | None = None, trust
     The family comes from the file's 'arch' entry or its keys; the layout from ``layout``, else the file's
     'layout' entry, else the head sizes; the input from the file's settings, else the family's published one.
     A published checkpoint (``published_system``) gets its authors' decision profile and the reference audio
-    window; the caller may override either (test_val_aff2.py --decision, --audio-window).
+    window; CoTEX's published file (a list of peer state dicts) is its N-peer model (argmax of the summed
+    logits). The caller may override either (test_val_aff2.py --decision, --audio-window).
     """
     path = Path(path)
-    obj = read_checkpoint(path, trust_pickle=trust_pickle)
+    obj = read_checkpoint(path, trust_pickle=trust_pickle, safe_globals=[argparse.Namespace])  # e.g. CoTEX 'args'
+    if cotex.detect_cotex(obj):  # the published CoTEX file: a list of peer state dicts
+        if layout is not None and get_layout(layout).name != "lsd":
+            raise CheckpointError(f"{path}: a CoTEX checkpoint has the layout 'lsd', not {get_layout(layout).name!r}")
+        return cotex.published_model(obj, path)
     state = state_dict_of(obj, path)
     arch = obj.get("arch") if isinstance(obj, Mapping) and obj.get("arch") in MODELS else detect_family(state)
     if arch is None:

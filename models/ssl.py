@@ -13,7 +13,12 @@ save (``evaluated``), and keeps a state that checkpoints store and ``--resume`` 
   ``--rampup-by epoch`` (the weight of the whole epoch number, constant within an epoch), ``--ccc-loss
   reference`` and ``--expr-loss-classes 8`` (README, reproducing MTMT).
 
-Pseudo-labelling and co-training plug in the same way.
+- ``cotex`` (masked CoTEX, ABAW4 LSD): co-training of the peers of ``--model cotex`` (``models.cotex``): the
+  method replaces the supervised loss (``supervised_loss``) by the peers' mean cross-entropy over the labelled
+  rows plus ``--lambda-js`` × their Jensen–Shannon agreement over every row, so rows without a label teach
+  through the agreement only (that extension is ours).
+
+A method may replace the supervised loss of a batch (``supervised_loss``); pseudo-labelling plugs in the same way.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import argparse
 import math
 from collections.abc import Callable, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from models.base import unwrap_model
+from models.cotex import cotex_loss
 from models.mean_teacher import MeanTeacher, consistency_loss, sigmoid_rampup
 from tasks import OutputLayout
 
@@ -36,9 +43,15 @@ class Supervised:
     teacher_view = False
     uses_unlabelled = False
     default_select = "student"
+    log_fields: tuple[str, ...] = ()  # columns of log.csv the method's terms add
 
     def __init__(self, model: nn.Module, args: argparse.Namespace) -> None:
         self.args = args
+
+    def supervised_loss(self, out: Tensor | tuple, targets: Mapping[str, Tensor], valid: Mapping[str, Tensor],
+                        criterion: Callable) -> tuple[Tensor, dict[str, Tensor]]:
+        """(loss, parts) of a batch's labels; the engine's masked multi-task loss unless a method replaces it."""
+        return criterion(out, targets, valid)
 
     def extra_loss(self, out: Tensor | tuple, raw: Mapping[str, Tensor], prepare: Callable[[str], dict],
                    valid: Mapping[str, Tensor], layout: OutputLayout, weights: Mapping[str, float],
@@ -120,6 +133,33 @@ class MeanTeacherMethod(Supervised):
         return None if ckpt.get("teacher") is not None else "saved without a mean teacher"
 
 
+class CoTraining(Supervised):
+    """``--ssl cotex``: the model's peers learn from the labels and from each other's predictions."""
+
+    name = "cotex"
+    uses_unlabelled = True  # rows without a label still teach through the agreement term
+    log_fields = ("loss_js",)  # the agreement term before its weight (loss_expr: the peers' mean CE)
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace) -> None:
+        super().__init__(model, args)
+        bare = unwrap_model(model)
+        if not hasattr(bare, "peer_logits"):
+            raise ValueError(f"--ssl cotex co-trains the peers of --model cotex, not {type(bare).__name__}")
+        self.lambda_js, self.js = getattr(args, "lambda_js", 100.0), getattr(args, "js", "published")
+
+    def supervised_loss(self, out, targets, valid, criterion):
+        if out.dim() != 3:
+            raise ValueError("--ssl cotex needs each peer's logits (N×B×C, the model in training mode), got "
+                             f"{tuple(out.shape)}")
+        target = torch.where(valid["expr"].bool(), targets["expr"].long(), torch.full_like(targets["expr"].long(), -1))
+        total, parts = cotex_loss(out, target, self.lambda_js, self.js)
+        return total, {"expr": parts["ce"], "js": parts["js"]}
+
+    @staticmethod
+    def check_resume(ckpt: Mapping) -> str | None:
+        return "saved with a mean teacher" if ckpt.get("teacher") is not None else None
+
+
 def ramp_position(epoch_progress: float, by: str) -> float:
     """Where the ramp-up stands: the fractional epoch of the step ('step', ours) or the whole epoch number
     ('epoch', MTMT: one weight per epoch, w(0) for the whole first epoch)."""
@@ -130,7 +170,7 @@ def ramp_position(epoch_progress: float, by: str) -> float:
     raise ValueError(f"--rampup-by must be 'step' or 'epoch', got {by!r}")
 
 
-METHODS: dict[str, type[Supervised]] = {"none": Supervised, "mean_teacher": MeanTeacherMethod}
+METHODS: dict[str, type[Supervised]] = {"none": Supervised, "mean_teacher": MeanTeacherMethod, "cotex": CoTraining}
 
 
 def build_method(name: str, model: nn.Module, args: argparse.Namespace) -> Supervised:

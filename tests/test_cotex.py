@@ -14,6 +14,7 @@ from helpers import REFERENCE, describe, read_key_list
 from models import cotex
 from models.cotex import CoTEX, PeerSize, cotex_loss, detect_cotex, js_agreement, load_cotex
 from utils.checkpoint import CheckpointError
+from utils.inputs import InputSpec
 
 
 def direct_js(logits: np.ndarray, kind: str) -> float:
@@ -73,7 +74,7 @@ def tokens_after_dropping(model: CoTEX, x: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("ratio", [0.75, 0.5])
 def test_each_peer_keeps_int_l_times_1_minus_r_tokens_drawn_independently(ratio):
     torch.manual_seed(2)
-    model = CoTEX(peers=2, size="tiny", img_size=64, mask_ratio=ratio, drop_path=0.0)
+    model = CoTEX(peers=2, variant="tiny", input_spec=InputSpec.frame(size=64), mask_ratio=ratio, drop_path=0.0)
     model.peers[1].load_state_dict(model.peers[0].state_dict())  # same weights: only the masks can differ
     x = torch.randn(3, 3, 64, 64)
     length = (64 // 16) ** 2
@@ -87,7 +88,7 @@ def test_each_peer_keeps_int_l_times_1_minus_r_tokens_drawn_independently(ratio)
 
 def test_prediction_is_the_argmax_of_the_summed_peer_logits():
     torch.manual_seed(3)
-    model = CoTEX(peers=3, size="tiny", img_size=32).eval()
+    model = CoTEX(peers=3, variant="tiny", input_spec=InputSpec.frame(size=32)).eval()
     for peer in model.peers:  # heads away from their near-zero init, so the peers disagree
         torch.nn.init.normal_(peer.vit.head.weight, std=1.0)
     x = torch.randn(8, 3, 32, 32)
@@ -95,7 +96,7 @@ def test_prediction_is_the_argmax_of_the_summed_peer_logits():
         each = model.peer_logits(x)
         torch.testing.assert_close(model({"image": x}), each.sum(0))
         assert torch.equal(model.predict({"image": x}), each.sum(0).argmax(1))
-    head = CoTEX(peers=1, size="tiny", img_size=32).peers[0].vit.head
+    head = CoTEX(peers=1, variant="tiny", input_spec=InputSpec.frame(size=32)).peers[0].vit.head
     assert head.bias.abs().sum() == 0 and head.weight.std() < 1e-4  # trunc-normal std 2e-5, bias 0
 
 
@@ -103,7 +104,8 @@ def published_file(path, monkeypatch, prefix: str = "") -> list[dict[str, torch.
     """A CoTEX checkpoint in the published format with every published key name (width 32, depth 12)."""
     monkeypatch.setitem(cotex.SIZES, "narrow", PeerSize(32, 12, 2))
     torch.manual_seed(4)
-    states = [CoTEX(peers=1, size="narrow", img_size=224).peers[0].state_dict() for _ in range(2)]
+    spec = InputSpec.frame(size=224)
+    states = [CoTEX(peers=1, variant="narrow", input_spec=spec).peers[0].state_dict() for _ in range(2)]
     torch.save({"epoch": 5, "args": argparse.Namespace(mask_rate=0.0, vit_num=2),
                 "state_dicts": [{prefix + k: v for k, v in s.items()} for s in states]}, path)
     return states
@@ -117,7 +119,7 @@ def test_a_published_checkpoint_loads_strictly_as_the_n_peer_model(tmp_path, mon
         assert list(describe(states[0])) == list(read_key_list(listed))
     assert detect_cotex(torch.load(tmp_path / "cotex.pth", weights_only=False))
     model = load_cotex(tmp_path / "cotex.pth")
-    assert len(model.peers) == 2 and not model.training and model.size == "narrow"
+    assert len(model.peers) == 2 and not model.training and model.variant == "narrow"
     for peer, state in zip(model.peers, states, strict=True):
         assert all(torch.equal(v, state[k]) for k, v in peer.state_dict().items())
     del states[1]["vit.head.bias"]

@@ -37,7 +37,7 @@ def test_folder_names_are_matched_by_their_first_letters_case_free():
 
 def test_images_are_served_resized_with_their_class(tmp_path):
     ds = LsdImages(make_split(tmp_path, "train"), "train", size=32)
-    assert len(ds) == 12 and ds.labels().tolist() == [k for k in range(6) for _ in range(2)]
+    assert len(ds) == 12 and ds.labels["expr"].tolist() == [k for k in range(6) for _ in range(2)]
     s = ds[5]  # class 2 (Fear), its second image
     assert s[PIXELS].dtype == torch.uint8 and s[PIXELS].shape == (3, 32, 32)
     assert int(s["expr"]) == 2 and bool(s["expr_valid"]) and int(s["index"]) == 5
@@ -60,3 +60,47 @@ def test_bad_folders_are_named(tmp_path):
     (root / "val" / "Fear" / "000.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(LsdError, match="000.jpg: not a readable image"):
         LsdImages(root, "val", 32)[2]
+
+
+def test_training_views_are_drawn_from_the_sample_seed(tmp_path):
+    root = make_split(tmp_path, "train", per_class=1, size=48)
+    img = cv2.imread(str(root / "train" / "Fear" / "000.jpg"))
+    img[:, :24] = 0  # a left half that a flip moves
+    cv2.imwrite(str(root / "train" / "Fear" / "000.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    ds = LsdImages(root, "train", size=32, flip=0.5, resize_ratio=1.25)
+    views = [ds[(2, seed)][PIXELS] for seed in range(12)]
+    assert all(v.shape == (3, 32, 32) for v in views)
+    assert torch.equal(ds[(2, 7)][PIXELS], views[7])  # same seed, same view (any worker, a resumed run)
+    left_dark = [bool(v[:, :, :4].float().mean() < v[:, :, -4:].float().mean()) for v in views]
+    assert 0 < sum(left_dark) < 12  # some flipped, some not
+    assert len({tuple(v.flatten().tolist()) for v in views}) > 2  # the crops move
+    plain = LsdImages(root, "train", size=32, flip=0.0, resize_ratio=1.0)
+    assert torch.equal(plain[(2, 3)][PIXELS], plain[2][PIXELS])  # no crop room, no flip: the eval view
+
+
+def test_a_split_of_bare_images_is_unlabelled_and_names_are_relative(tmp_path):
+    root = make_split(tmp_path, "val")
+    ds = LsdImages(root, "val", 16)
+    assert ds.names()[:2] == ["ANGRY/000.jpg", "ANGRY/001.jpg"] and ds.labelled().all()
+    test = tmp_path / "test"
+    test.mkdir()
+    for j in range(3):
+        cv2.imwrite(str(test / f"{j}.png"), np.zeros((20, 20, 3), np.uint8))
+    unl = LsdImages(tmp_path, "test", 16)
+    assert unl.names() == ["0.png", "1.png", "2.png"] and not unl.labelled().any()
+    assert int(unl[1]["expr"]) == -1 and not bool(unl[1]["expr_valid"])
+
+
+def test_the_epoch_sampler_draws_lsd_images_class_balanced(tmp_path):
+    from data.sampling import EpochSampler, sampling_weights
+
+    root = make_split(tmp_path, "train", per_class=1)
+    (root / "train" / "Fear" / "001.jpg").write_bytes((root / "train" / "Fear" / "000.jpg").read_bytes())
+    (root / "train" / "Fear" / "002.jpg").write_bytes((root / "train" / "Fear" / "000.jpg").read_bytes())
+    ds = LsdImages(root, "train", 16)
+    plain, balanced = sampling_weights(ds), sampling_weights(ds, balance_expr=True)
+    assert np.allclose(plain, 1.0)
+    per_class = np.bincount(ds.labels["expr"], weights=balanced)
+    assert np.allclose(per_class, per_class[0])  # every class the same share
+    index, seeds = EpochSampler(plain, 8, seed=1).draws()
+    assert len(set(index.tolist())) == 8 and len(seeds) == 8

@@ -44,10 +44,15 @@ def tiny_spec(name: str) -> InputSpec:
     return replace(spec, clip_len=2, dilation=2, size=16, audio_seconds=0.3)
 
 
+# The layout each family is built with here: CoTEX has only the six LSD classes.
+OWN_LAYOUT = {"cotex": "lsd"}
+
+
 @pytest.fixture(scope="module")
 def tiny_models() -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    return {name: build_model(name, "abaw2021", input_spec=tiny_spec(name)).eval() for name in MODELS}
+    return {name: build_model(name, OWN_LAYOUT.get(name, "abaw2021"), input_spec=tiny_spec(name),
+                              variant="tiny" if "tiny" in MODELS[name].variants else None).eval() for name in MODELS}
 
 
 class Wrapper(nn.Module):
@@ -78,9 +83,10 @@ def test_every_model_declares_its_input_layout_and_decision(tiny_models, name):
     assert isinstance(model, AffectModel) and model.arch == name
     assert model.input_spec == spec and model_input(Wrapper(model)) is model.input_spec
     assert input_kind(name) == spec.kind
-    assert model.layout == LAYOUTS["abaw2021"] and model_layout(Wrapper(model)) == LAYOUTS["abaw2021"]
+    own = LAYOUTS[OWN_LAYOUT.get(name, "abaw2021")]
+    assert model.layout == own and model_layout(Wrapper(model)) == own
     assert model.decision in PROFILES
-    assert model.settings() == {"arch": name, "layout": "abaw2021", "input": spec.to_dict(),
+    assert model.settings() == {"arch": name, "layout": own.name, "input": spec.to_dict(),
                                 "decision": model.decision}
 
 
@@ -98,7 +104,8 @@ def test_prepare_output_of_dataset_samples_feeds_forward(tiny_models, toy, name)
             out = model(inputs)
         logits = out[0] if isinstance(out, tuple) else out
         assert logits.shape == (2, model.layout.num_outputs) and torch.isfinite(logits).all()
-        assert set(output_scores(out, model.layout)) == {"va", "expr_prob", "au_prob", "logits"}
+        blocks = {"va": "va", "expr": "expr_prob", "au": "au_prob"}
+        assert set(output_scores(out, model.layout)) == {"logits"} | {blocks[b] for b in model.layout.order}
         views[view] = inputs
     student, teacher = views["student"], views["teacher"]
     assert any(not torch.equal(student[k], teacher[k]) for k in student)  # each view's own jitter
@@ -323,6 +330,16 @@ def test_decide_argmax_over_the_editions_classes_and_inclusive_au_threshold():
     assert decide_layout(flipped, reordered)["AU"].tolist() == eight["AU"][:, ::-1].tolist()  # the layout's order
     assert set(decide_layout(scores, "abaw3")) == {"VA", "EXPR", "AU"}
     assert decide_layout(scores, "abaw3")["EXPR"].tolist() == [7, 2]
+
+
+def test_decide_matches_the_classes_by_name_when_the_edition_has_no_neutral():
+    out = torch.zeros(3, 22)
+    out[:, 12] = 9.0  # Neutral far ahead on every row, then (abaw3 columns 12..19) the class each row wants
+    out[0, 18], out[1, 13], out[2, 19] = 5.0, 5.0, 8.0  # Surprise; Anger; Other (not an LSD class) and ...
+    out[2, 16] = 4.0  # ... Happiness
+    scores = numpy_scores(out, "abaw3")
+    six = decide(scores, "abaw3", EDITIONS["lsd"])["EXPR"]  # indices in Anger, Disgust, Fear, Happiness, ...
+    assert six.tolist() == [5, 0, 3]
 
 
 def test_unused_expr_slot_is_never_a_class():

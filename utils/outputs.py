@@ -141,13 +141,16 @@ def au_thresholds(profile: str | DecisionProfile, au_names: tuple[str, ...], au_
     return np.array([1 / (1 + np.exp(-own[a])) if a in own else au_threshold for a in au_names])
 
 
-def _decide(scores: dict[str, np.ndarray], n_classes: int, au_cols: list[int] | None,
+def _decide(scores: dict[str, np.ndarray], expr_cols: list[int], au_cols: list[int] | None,
             au_threshold: float | np.ndarray, strict: bool) -> dict[str, np.ndarray]:
+    """``expr_cols[k]``: the layout column of output class k (−1: the layout lacks it, never chosen)."""
     out = {}
     if "va" in scores:
         out["VA"] = np.clip(scores["va"], -1, 1)
     if "expr_prob" in scores:
-        out["EXPR"] = scores["expr_prob"][:, :n_classes].argmax(1)
+        cols = np.array(expr_cols)
+        prob = scores["expr_prob"][:, np.maximum(cols, 0)]
+        out["EXPR"] = np.where(cols >= 0, prob, -np.inf).argmax(1)
     if "au_prob" in scores:
         au = scores["au_prob"] if au_cols is None else scores["au_prob"][:, au_cols]
         out["AU"] = ((au > au_threshold) if strict else (au >= au_threshold)).astype(np.int64)
@@ -158,13 +161,15 @@ def decide(scores: dict[str, np.ndarray], layout: str | OutputLayout, edition: E
            profile: str | DecisionProfile = "default", au_threshold: float = 0.5) -> dict[str, np.ndarray]:
     """Scores → {'VA': (n, 2), 'EXPR': (n,) the edition's class codes, 'AU': (n, k) 0/1 in the edition's AU order}.
 
-    EXPR is an argmax over the classes both the layout and the edition have; raises MissingAUError when the
+    EXPR is an argmax over the classes both the layout and the edition have, matched by name (an 8-class model
+    under the six classes of the lsd edition: the best of Anger ... Surprise); raises MissingAUError when the
     layout lacks an AU the edition scores.
     """
     profile = get_profile(profile)
     layout = get_layout(layout)
     au_cols = layout_au_columns(layout, edition) if "au_prob" in scores else None
-    return _decide(scores, min(layout.num_expr_classes, len(edition.expr_names)), au_cols,
+    expr_cols = [layout.expr_names.index(c) if c in layout.expr_names else -1 for c in edition.expr_names]
+    return _decide(scores, expr_cols, au_cols,
                    au_thresholds(profile, edition.au_names, au_threshold), profile.au_strict)
 
 
@@ -172,5 +177,6 @@ def decide_layout(scores: dict[str, np.ndarray], layout: str | OutputLayout,
                   profile: str | DecisionProfile = "default", au_threshold: float = 0.5) -> dict[str, np.ndarray]:
     """Scores → decisions in the layout's own classes and AU order (e.g. a per-frame report of one video)."""
     layout, profile = get_layout(layout), get_profile(profile)
-    return _decide(scores, layout.num_expr_classes, None, au_thresholds(profile, layout.au_names, au_threshold),
+    return _decide(scores, list(range(layout.num_expr_classes)), None,
+                   au_thresholds(profile, layout.au_names, au_threshold),
                    profile.au_strict)

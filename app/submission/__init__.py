@@ -17,6 +17,7 @@ checker share one parser: the checker reports every problem, the reader refuses 
 from app.submission.check import check_submission
 from app.submission.expected import expected_for_check, listed_images, read_test_list, video_frame_counts
 from app.submission.formats import Problem, SubmissionError, per_video_names
+from app.submission.lsd import check_lsd, read_lsd, score_lsd, write_lsd
 from app.submission.read import read_per_video_folder, read_predictions, submission_kind
 from app.submission.score import score_submission
 from app.submission.write import write_atomic, write_mtl, write_per_video, write_single_file
@@ -28,19 +29,23 @@ __all__ = [
     "Problem",
     "SubmissionError",
     "TrackLabels",
+    "check_lsd",
     "check_submission",
     "expected_for_check",
     "labels_from_array",
     "listed_images",
     "per_video_names",
     "read_per_video_folder",
+    "read_lsd",
     "read_predictions",
     "read_test_list",
+    "score_lsd",
     "score_submission",
     "submission_kind",
     "task_of_list",
     "video_frame_counts",
     "write_atomic",
+    "write_lsd",
     "write_mtl",
     "write_per_video",
     "write_single_file",
