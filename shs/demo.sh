@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded mini Aff-Wild2, end to end, on CPU, for one system:
-#   bash shs/demo.sh [SYSTEM]     SYSTEM = tsav (default), mtmt or emma: the train.py flags of shs/demo_SYSTEM.args
+#   bash shs/demo.sh [SYSTEM]     SYSTEM = tsav (default), mtmt, emma or cotex: the train.py flags of
+#                                 shs/demo_SYSTEM.args
 # Shared by the systems, in demo_out/ (DEMO=... to move it), made once: the mini dataset → its LMDB (faces,
 # landmarks, log-mel, labels; a rerun resumes it) → its report → a trivial reference prediction for the
 # validation videos, format-checked and scored (demo_out/baseline_scores.json). The systems of ABAW 2020/2021
@@ -9,6 +10,10 @@
 # Per system, in demo_out/SYSTEM/: train on CPU (small clips) → predict every frame of the validation videos →
 # format check → official scores of the trained model (scores.json, scores.txt, printed) → one video through
 # test_val_aff2.py --video (per-frame CSV, timeline plot, overlay MP4 in any_video/).
+# Masked CoTEX (cotex, ABAW4 LSD) learns from images, not the database: the mini dataset's LSD set (made once,
+# python -m tools.synthetic --lsd: synthetic-style training faces, real validation crops) → train.py --lsd →
+# test_val_aff2.py --lsd on the real images (predictions.txt, scores.json, confusion.png) → format check and
+# scores by evaluate.py --edition lsd.
 source "$(dirname "$0")/env.sh"
 SYSTEM=${1:-tsav}
 known=$(cd shs && for f in demo_*.args; do f=${f#demo_}; echo -n "${f%.args} "; done)
@@ -28,6 +33,22 @@ SUB=""  # the submission inside its folder: per-video files are the folder itsel
 start=$SECONDS
 set -x
 [[ -f $DATA/meta.json ]] || $PY -m tools.synthetic --out "$DATA" --seed 0
+if [[ $SYSTEM == cotex ]]; then
+  LSD=$DATA/lsd
+  $PY -m tools.synthetic --out "$DATA" --seed 0 --lsd  # adds $LSD once; a rerun finds it complete
+  rm -rf "$OUT/train"
+  $PY train.py "@shs/demo_$SYSTEM.args" --lsd "$LSD" --output-dir "$OUT/train"
+  $PY test_val_aff2.py --checkpoint "$OUT/train/best.pth" --lsd "$LSD" --split val --out "$OUT/test_val" --workers 1
+  $PY evaluate.py --check "$OUT/test_val/predictions.txt" --annotations "$LSD/val" --edition lsd
+  $PY evaluate.py --pred "$OUT/test_val/predictions.txt" --annotations "$LSD/val" --edition lsd \
+    --json "$OUT/scores.json" | tee "$OUT/scores.txt"
+  set +x
+  echo "demo of $SYSTEM finished in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s:" \
+    "LSD set $LSD, trained model $OUT/train/best.pth, its predictions and confusion matrix in $OUT/test_val," \
+    "its scores $OUT/scores.json on the real validation images:"
+  cat "$OUT/scores.txt"
+  exit 0
+fi
 $PY create_database.py --videos "$DATA/videos" --annotations "$ANN" --test-lists "$DATA"/test_sets/*.txt \
   --out "$DB" --workers 2
 $PY create_database.py --report "$DB" --json "${DB}_report.json"

@@ -14,6 +14,9 @@ stretch; with the PCM that --audio-window reference needs), built once per sessi
 ``demo_db``: (database, abaw2021 annotation folder) of the full mini dataset that ``bash shs/demo.sh`` trains on:
 ``demo_out/`` when a demo has made it with this code's schema, else generated and built once per session (as
 on CI). The learning checks of the systems share it; read-only.
+``demo_lsd``: the LSD set of that mini dataset (``python -m tools.synthetic --lsd``): ``demo_out``'s when the demo
+made it with this generator, else made once per session beside a link to the mini dataset's crops (the test never
+writes into ``demo_out``).
 """
 
 from __future__ import annotations
@@ -87,3 +90,19 @@ def demo_db(tmp_path_factory) -> tuple[Path, Path]:
                     str(annotations), "--test-lists", *map(str, sorted((data / "test_sets").glob("*.txt"))),
                     "--out", str(db), "--workers", "2"], cwd=ROOT, check=True)
     return db, annotations
+
+
+@pytest.fixture(scope="session")
+def demo_lsd(demo_db, tmp_path_factory) -> Path:
+    from tools.synthetic.lsd import PER_CLASS, generate_lsd, state
+
+    data = demo_db[1].parents[1]  # .../mini_affwild2/annotations/abaw2021 → the mini dataset
+    if state(data, 0, False, PER_CLASS) == "complete":
+        return data / "lsd"
+    if data.is_relative_to(ROOT / "demo_out"):  # the user's demo folder: read it, write elsewhere
+        linked = tmp_path_factory.mktemp("demo_lsd")
+        for name in ("meta.json", "annotations", "cropped_aligned"):
+            (linked / name).symlink_to(data / name)
+        data = linked
+    generate_lsd(data, 0, False, PER_CLASS)
+    return data / "lsd"

@@ -82,16 +82,17 @@ def test_train_and_ddp(work):
     assert r["ddp"]["procs"] == 2 and r["ddp"]["efficiency"] > 0
 
 
-def test_train_times_emma_on_frames_and_refuses_it_elsewhere(tmp_path):
-    out = bench.main(["train", "--model", "emma", "--model-size", "tiny", "--size", "32", "--batch-size", "2",
+@pytest.mark.parametrize("name, layout", [("emma", "emma"), ("cotex", "lsd")])
+def test_train_times_the_frame_models_and_refuses_them_elsewhere(tmp_path, name, layout):
+    out = bench.main(["train", "--model", name, "--model-size", "tiny", "--size", "32", "--batch-size", "2",
                       "--repeats", "1", "--warmup", "0", "--precisions", "fp32", "--memory-formats", "contiguous",
                       "--ddp-procs", "1", "--threads", "1", "--work", str(tmp_path)])
     r = out["results"]["train"]
-    assert r["model"] == "emma" and r["input"]["kind"] == "frame" and r["input"]["size"] == 32
+    assert r["model"] == name and r["input"]["kind"] == "frame" and r["input"]["size"] == 32
     assert is_summary(r["configs"][0]["clips_per_s"]) and r["best_clips_per_s"] > 0
-    assert out["args"]["layout"] == "emma"  # the model's own layout and size unless given
-    with pytest.raises(SystemExit, match="emma is measured by 'train' only"):
-        bench.main(["loader", "--model", "emma", "--work", str(tmp_path)])
+    assert out["args"]["layout"] == layout  # the model's own layout and size unless given
+    with pytest.raises(SystemExit, match=f"{name} is measured by 'train' only"):
+        bench.main(["loader", "--model", name, "--work", str(tmp_path)])
 
 
 def test_tsav_logmel_is_the_reference_computation(tmp_path):

@@ -4,6 +4,7 @@ the database, its flags, its log, a resumed run, the checkpoint it writes, and s
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 import torch
 from test_lsd import make_split
 
+import test_val_aff2
+import train
 from app import training
 from models.cotex import CoTEX
 from models.registry import load_model
@@ -129,3 +132,18 @@ def test_recipe_script_is_valid_bash_and_its_flags_are_the_published_recipe():
                               text=True, check=True)
         assert done.stdout.strip() == batch, mask  # the published rule, computed by the script
     assert subprocess.run(["bash", "-c", f"MASK=1; {line}"]).returncode != 0
+
+
+@pytest.mark.slow
+def test_the_cotex_demo_flags_learn_the_synthetic_to_real_gap(demo_lsd, tmp_path):
+    """shs/demo_cotex.args for 8 of its 20 epochs (≈ 30 s) on the mini LSD set, scored on the real validation
+    crops by test_val_aff2.py --lsd as the demo scores them: macro-F1 ≥ 0.6 over the 6 classes."""
+    out = tmp_path / "run"
+    assert train.main([f"@{ROOT / 'shs' / 'demo_cotex.args'}", "--lsd", str(demo_lsd), "--output-dir", str(out),
+                       "--no-progress", "--no-tensorboard", "--epochs", "8"]) == 0
+    pred = tmp_path / "pred"
+    assert test_val_aff2.main(["--checkpoint", str(out / "best.pth"), "--lsd", str(demo_lsd), "--split", "val",
+                               "--out", str(pred), "--workers", "1"]) == 0
+    scores = json.loads((pred / "scores.json").read_text())
+    assert scores["expr"]["f1"] >= 0.6, scores
+    assert (pred / "confusion.png").stat().st_size > 0 and (pred / "predictions.txt").is_file()

@@ -141,11 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-len", type=int, default=8, help="frames per clip")
     g.add_argument("--dilation", type=int, default=6, help="frames between clip frames")
     g.add_argument("--audio-seconds", type=float, default=10.0, help="log-mel window (10 s = 1001 columns)")
-    g.add_argument("--model", choices=("tsav", "mtmt", "emma"), default="tsav",
-                   help="model to time (train, infer; emma: train only, one frame per sample)")
+    g.add_argument("--model", choices=("tsav", "mtmt", "emma", "cotex"), default="tsav",
+                   help="model to time (train, infer; emma, cotex: train only, one frame per sample)")
     g.add_argument("--model-size", choices=("base", "tiny"), default="base",
-                   help="emma: the published ViT-B/16 (base) or the demo's tiny ViT")
-    g.add_argument("--layout", default=None, help="output layout of the model (default: abaw2021; emma: emma)")
+                   help="emma, cotex: the published ViT-B/16 (base) or the demo's tiny ViT")
+    g.add_argument("--layout", default=None,
+                   help="output layout of the model (default: abaw2021; emma: emma; cotex: lsd)")
     g = p.add_argument_group("loader")
     g.add_argument("--clips", type=int, default=128, help="clips drawn at random (the same for both loaders)")
     g.add_argument("--loader-batch", type=int, default=8, help="DataLoader batch size")
@@ -176,12 +177,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit("tools.bench: --repeats must be >= 1 and --warmup >= 0")
-    if args.model == "emma" and args.command != "train":
-        raise SystemExit("tools.bench: --model emma is measured by 'train' only (loader and infer compare clip "
-                         "models with the TSAV-style pipeline)")
-    frame_model = args.model == "emma"
+    frame_model = args.model in ("emma", "cotex")
+    if frame_model and args.command != "train":
+        raise SystemExit(f"tools.bench: --model {args.model} is measured by 'train' only (loader and infer compare "
+                         "clip models with the TSAV-style pipeline)")
     args.size = args.size or (224 if frame_model else 112)
-    args.layout = args.layout or ("emma" if frame_model else "abaw2021")
+    args.layout = args.layout or {"emma": "emma", "cotex": "lsd"}.get(args.model, "abaw2021")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)

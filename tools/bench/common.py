@@ -162,8 +162,8 @@ def fmt(s: dict, digits: int = 1) -> str:
 
 def input_spec(args: argparse.Namespace) -> InputSpec:
     """The clip+audio input of the --clip-len/--dilation/--size/--audio-seconds flags, TSAV mask (the one the
-    TSAV export holds), for TSAV and MTMT; one RGB frame of --size for EMMA."""
-    if getattr(args, "model", "") == "emma":
+    TSAV export holds), for TSAV and MTMT; one RGB frame of --size for EMMA and CoTEX."""
+    if getattr(args, "model", "") in ("emma", "cotex"):
         return InputSpec.frame(size=args.size, mask=None)
     return InputSpec(kind="clip_audio", clip_len=args.clip_len, dilation=args.dilation, size=args.size, mask="tsav",
                      audio_seconds=args.audio_seconds)

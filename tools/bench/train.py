@@ -20,6 +20,7 @@ from torch import nn
 from data import audio
 from data.reader import pixels_layout
 from models.base import model_input, prepare_inputs, unwrap_model
+from models.cotex import cotex_loss
 from models.losses import MultiTaskLoss
 from models.registry import build_model
 from tasks import get_layout
@@ -60,7 +61,8 @@ def synthetic_batch(args: argparse.Namespace, spec: InputSpec, batch_size: int, 
 def make_step(model: nn.Module, batch: dict, layout: str, device: torch.device, amp: str,
               channels_last: bool) -> Callable[[], None]:
     """One forward + backward + optimiser step on ``batch`` (MTMT's Adam settings; for a model with parameter
-    groups, e.g. EMMA, AdamW over its groups with weight decay 0.05 as its recipe has it); the inputs are made by
+    groups, e.g. EMMA, AdamW over its groups with weight decay 0.05 as its recipe has it; CoTEX's loss is its
+    co-training loss over the peers, two peers unmasked as the shipped script); the inputs are made by
     the model's ``prepare`` hook once, before (the step is timed, not the input step)."""
     criterion = MultiTaskLoss(layout)
     if hasattr(unwrap_model(model), "param_groups"):
@@ -69,11 +71,17 @@ def make_step(model: nn.Module, batch: dict, layout: str, device: torch.device, 
         opt = torch.optim.Adam(model.parameters(), lr=5e-4, weight_decay=5e-5)
     inputs = prepare_inputs(model, batch, device, channels_last=channels_last)
     targets = {k: batch[k].to(device) for k in TASK_KEYS}
+    if hasattr(unwrap_model(model), "peer_logits"):  # CoTEX: its peers' co-training loss (N×B×6 in training)
+        def loss_of(out):
+            return cotex_loss(out, targets["expr"])[0]
+    else:
+        def loss_of(out):
+            return criterion(out, targets)[0]
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             out = model(inputs)
-        loss, _ = criterion(out, targets)
+        loss = loss_of(out)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -84,7 +92,7 @@ def make_step(model: nn.Module, batch: dict, layout: str, device: torch.device, 
 def new_model(args: argparse.Namespace, device: torch.device, channels_last: bool) -> nn.Module:
     """A fresh ``--model`` for the bench's input (seeded), in training mode on ``device``."""
     torch.manual_seed(args.seed)
-    variant = args.model_size if args.model == "emma" else None
+    variant = args.model_size if args.model in ("emma", "cotex") else None
     model = build_model(args.model, args.layout, input_spec=input_spec(args), variant=variant).to(device).train()
     return model.to_channels_last() if channels_last else model
 
