@@ -15,11 +15,12 @@ EDITIONS = tuple(tasks.EDITIONS)
 # Names of the model families, semi-supervised methods and decision profiles (models.registry.MODELS,
 # models.ssl.METHODS, utils.outputs.PROFILES);
 # spelled here so that parsing flags imports no torch.
-MODELS = ("tsav", "mtmt", "resnet18", "emma", "cotex")
+MODELS = ("tsav", "mtmt", "resnet18", "resnet50", "emma", "cotex")
 # sizes of the families that have several (models.emma.VARIANTS, models.cotex.SIZES)
 MODEL_SIZES = ("base", "small", "tiny")
 LOSSES = ("ours", "emma")  # models.losses.LOSS_KINDS
-SSL_METHODS = ("none", "mean_teacher", "cotex")
+SSL_METHODS = ("none", "mean_teacher", "cotex", "pseudo_label")
+THRESHOLDS = ("fixed", "flexmatch", "freematch", "adacm")  # models.pseudo_label.POLICIES
 DECISIONS = ("default", "tsav2020", "mtmt2021", "emma", "emma_thresholds")  # utils.outputs.PROFILES
 
 # Relative defaults shared by the scripts (the demo writes under demo_out/).
@@ -244,6 +245,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--balance-tasks", action="store_true",
                    help="draw so that each task's labelled frames get the same total weight")
     g.add_argument("--balance-expr", action="store_true", help="draw EXPR classes equally often")
+    g.add_argument("--label-fraction", type=_number(float, 0.0, 1.0, low_open=True), default=1.0,
+                   help="keep this seeded fraction of the training EXPR labels (e.g. 0.05); the others are hidden "
+                   "(unlabelled frames for --ssl pseudo_label, their classes only measure pseudo-label precision)")
     g.add_argument("--flip", type=_probability, default=0.5,
                    help="probability of a horizontal flip of the student clip")
     g.add_argument("--jitter", type=_factor_spread, default=0.1,
@@ -305,6 +309,27 @@ def train_parser() -> argparse.ArgumentParser:
                    "(the peers' mean CE + --lambda-js x their Jensen-Shannon agreement; needs --model cotex)")
     g.add_argument("--lambda-js", type=_amount, default=100.0,
                    help="cotex: weight of the agreement term (published 100)")
+    g.add_argument("--threshold", default="flexmatch", choices=THRESHOLDS,
+                   help="pseudo_label: confidence threshold policy per class: fixed (--tau), flexmatch (curriculum "
+                   "from the classes the pool has claimed), freematch (EMA of the confidence), adacm (from the "
+                   "labelled frames after each epoch); see README")
+    g.add_argument("--tau", type=_number(float, 0.0, 1.0), default=0.95,
+                   help="pseudo_label: the fixed threshold, and flexmatch's top threshold")
+    g.add_argument("--lambda-u", type=_amount, default=1.0, help="pseudo_label: weight of the unlabelled term")
+    g.add_argument("--mu", type=_positive_int, default=7,
+                   help="pseudo_label: unlabelled faces per labelled sample of a batch")
+    g.add_argument("--pl-teacher", default="ema", choices=("ema", "student"),
+                   help="pseudo_label: who labels the weak views: the EMA teacher (--ema-decay; validated and saved "
+                   "with --select auto) or the student without gradient (in the same forward pass)")
+    g.add_argument("--strong-ops", type=_positive_int, default=2,
+                   help="pseudo_label: RandAugment operations per strong view (before the cutout)")
+    g.add_argument("--unlabelled", action="append", default=None, metavar="DIR",
+                   help="pseudo_label: a folder of aligned face images to pseudo-label too (repeatable; flat, or "
+                   "class folders whose names are only used to measure precision); training frames without an "
+                   "EXPR label are always in the pool")
+    g.add_argument("--unlabelled-truth", default=None,
+                   help="pseudo_label: JSON of the --unlabelled images' hidden classes, for the precision columns of "
+                   "log.csv only (e.g. the mini dataset's unlabelled_faces_truth.json)")
     g.add_argument("--js", default="published", choices=("published", "per_sample"),
                    help="cotex agreement term: published (KL entries averaged over batch x classes, i.e. the "
                    "Jensen-Shannon divergence / 6) or per_sample (the divergence itself, summed over classes)")
@@ -329,7 +354,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="teacher EMA decay (after the 1-1/(step+1) warm-up)")
     g.add_argument("--rank-weight", type=_amount, default=12.0, help="weight of the self-cure rank term (mtmt model)")
     g.add_argument("--select", default="auto", choices=("auto", "student", "teacher"),
-                   help="model that is validated and saved (auto: teacher with --ssl mean_teacher)")
+                   help="model that is validated and saved (auto: the teacher when the method keeps one: "
+                   "--ssl mean_teacher, or pseudo_label with --pl-teacher ema)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int, default=100, help="epochs to train (MTMT: at most 100)")
     g.add_argument("--stop-after", type=_count, default=0,

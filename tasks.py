@@ -71,6 +71,8 @@ EDITIONS: dict[str, Edition] = {
     "abaw3": Edition("abaw3", EXPR_NAMES_8, AU_NAMES_12, (1.0, 0.0), (1.0, 0.0)),
     # ABAW4 multi-task track on s-Aff-Wild2: P = mean CCC(V, A) + EXPR macro-F1 (8) + AU mean F1 (12).
     "abaw4": Edition("abaw4", EXPR_NAMES_8, AU_NAMES_12, (1.0, 0.0), (1.0, 0.0), submission="mtl"),
+    # ABAW5 (2023) and later uni-task tracks: the ABAW3 metrics, one submission file per task (image rows).
+    "abaw5": Edition("abaw5", EXPR_NAMES_8, AU_NAMES_12, (1.0, 0.0), (1.0, 0.0), submission="single-file"),
     # ABAW4 learning-from-synthetic-data track: macro-F1 over the 6 basic classes on real images (accuracy
     # reported beside it); its predictions are one file of image rows ("lsd", README).
     "lsd": Edition("lsd", EXPR_NAMES_6, (), (1.0, 0.0), (1.0, 0.0), submission="lsd"),
@@ -172,6 +174,8 @@ LAYOUTS: dict[str, OutputLayout] = {
     # EMMA's published order: V, A (raw, no tanh), 8 EXPR logits, 12 AU logits.
     "emma": OutputLayout("emma", ("va", "expr", "au"), 8, EXPR_NAMES_8, AU_NAMES_12, va_activation="identity",
                          edition="abaw4"),
+    # Expression only, 8 classes (ABAW5+ EXPR track: e.g. DTM's frame models).
+    "expr8": OutputLayout("expr8", ("expr",), 8, EXPR_NAMES_8, edition="abaw5"),
     # CoTEX (ABAW4 LSD): 6 class logits, Anger ... Surprise.
     "lsd": OutputLayout("lsd", ("expr",), 6, EXPR_NAMES_6, edition="lsd"),
 }

@@ -11,6 +11,7 @@ from app.checkpoints import TrainState
 CSV_FIELDS = ("epoch", "step", "lr", "seconds", "loss", "loss_expr", "loss_au", "loss_va", "consistency",
               "consistency_weight", "val_total", "val_va", "val_expr", "val_au", "ccc_valence", "ccc_arousal",
               "expr_f1", "expr_accuracy", "au_f1", "au_accuracy", "best_total")
+PER_CLASS = ("threshold_", "acceptance_", "precision_")  # --ssl pseudo_label's epoch columns
 
 
 class EpochLog:
@@ -39,6 +40,8 @@ class EpochLog:
             for k, v in row.items():
                 if k.startswith(("val_", "ccc_", "expr_", "au_")) and isinstance(v, float):
                     self.tb.add_scalar(f"val/{k}", v, row["epoch"])
+                elif k.startswith(PER_CLASS) and isinstance(v, float):  # pseudo-labelling, per class and epoch
+                    self.tb.add_scalar(f"pseudo_label/{k}", v, row["epoch"])
             self.tb.flush()
 
     def close(self) -> None:

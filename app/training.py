@@ -33,6 +33,7 @@ from app.checkpoints import TrainState, checkpoint, plain, read_resume, save_ato
 from app.inference import autocast, progress_bar
 from app.lsd_run import evaluate_images
 from app.train_log import EpochLog, epoch_row
+from app.unlabelled_run import UnlabelledStream, build_pool, hide_labels, labelled_pass
 from app.validation import evaluate, precise_bn
 from data.clips import Augment, ClipDataset, DatasetError
 from data.lsd import LsdError, LsdImages
@@ -74,14 +75,18 @@ def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespac
     if (args.model == "cotex") != (args.ssl == "cotex"):
         raise ValueError("--model cotex trains with --ssl cotex (its peers' co-training loss), and --ssl cotex needs "
                          f"--model cotex (got --model {args.model} --ssl {args.ssl})")
+    if args.ssl == "pseudo_label" and input_kind(args.model) != "frame":
+        raise ValueError(f"--ssl pseudo_label pseudo-labels the faces of a frame model (resnet18, resnet50, emma), "
+                         f"not {args.model}")
     if args.edition is None:
         args.edition = get_layout(args.layout).edition
     if args.size is None:
         args.size = default_size(args.model)
     if args.select == "auto":
-        args.select = METHODS[args.ssl].default_select
-    if args.select == "teacher" and METHODS[args.ssl].default_select != "teacher":
-        raise ValueError(f"--select teacher needs a method with a teacher (--ssl mean_teacher), not {args.ssl}")
+        args.select = METHODS[args.ssl].select_for(args)
+    if args.select == "teacher" and not METHODS[args.ssl].has_teacher(args):
+        raise ValueError(f"--select teacher needs a method with a teacher (--ssl mean_teacher, or pseudo_label with "
+                         f"--pl-teacher ema), not {args.ssl}")
     if args.progress is None:
         args.progress = sys.stderr.isatty()
     if args.amp == "auto":
@@ -164,7 +169,8 @@ def init_weights(model: nn.Module, path: str, log) -> None:
 
 def train_one_epoch(model: nn.Module, method: Supervised, criterion: MultiTaskLoss, loader: DataLoader,
                     optimizer, scheduler, scaler, state: TrainState, args: argparse.Namespace,
-                    device: torch.device, layout: OutputLayout, tb, progress: bool) -> dict[str, float]:
+                    device: torch.device, layout: OutputLayout, tb, progress: bool,
+                    unlabelled: UnlabelledStream | None = None) -> dict[str, float]:
     """One pass over the epoch's draws, an optimiser step every --accum-steps batches; mean losses over its batches.
 
     The schedule and the teacher's EMA advance once per optimiser step. Losses are summed on the device
@@ -175,7 +181,10 @@ def train_one_epoch(model: nn.Module, method: Supervised, criterion: MultiTaskLo
     batches = len(loader)
     grads = GradientStep(model, optimizer, scaler, args.accum_steps, batches, args.clip_grad)
     bar = progress_bar(loader, progress, f"epoch {state.epoch}")
+    extra = unlabelled.epoch(state.epoch, batches) if unlabelled is not None else None
     for i, batch in enumerate(bar):
+        if extra is not None:  # the method's unlabelled faces of this batch (weak and strong views)
+            batch["unlabelled"] = next(extra)
         with grads.batch(i):  # DDP: no gradient all-reduce until the accumulation group's last batch
             loss, logs = batch_loss(model, method, criterion, batch, args, device, layout, state.epoch + i / batches)
             if not torch.isfinite(loss) and args.amp != "fp16":  # fp16 overflows are the scaler's to skip
@@ -209,16 +218,25 @@ def batch_loss(model: nn.Module, method: Supervised, criterion: MultiTaskLoss, b
     targets = {k: batch[k].to(device, non_blocking=True) for k in tasks}
     valid = {k: batch[f"{k}_valid"].to(device, non_blocking=True) for k in tasks}
     inputs = prepare_inputs(model, batch, device, channels_last=args.channels_last)
+    more = [(name, prepare_inputs(model, raw, device, channels_last=args.channels_last))
+            for name, raw in method.extra_inputs(batch)]  # one forward pass for all: BatchNorm and DDP see one
+    sizes = [len(next(iter(inputs.values())))] + [len(next(iter(x.values()))) for _, x in more]
+    if more:
+        inputs = {k: torch.cat([inputs[k]] + [x[k] for _, x in more]) for k in inputs}
     with autocast(device, args.amp):
         out = model(inputs)
+    extra_out = None
+    if more:
+        parts_out = torch.split(out, sizes)
+        out, extra_out = parts_out[0], {name: o for (name, _), o in zip(more, parts_out[1:], strict=True)}
     loss, parts = method.supervised_loss(out, targets, valid, criterion)
     logs = {"loss_" + k: v.detach() for k, v in parts.items()}
 
-    def view(name: str) -> dict:  # another view of the same frames (e.g. the teacher's)
-        return prepare_inputs(model, batch, device, view=name, channels_last=args.channels_last)
+    def view(name: str, raw: dict | None = None) -> dict:  # another view of the same frames (e.g. the teacher's)
+        return prepare_inputs(model, batch if raw is None else raw, device, view=name, channels_last=args.channels_last)
 
     extra, extra_logs = method.extra_loss(out, batch, view, valid, layout, criterion.weights, epoch_progress,
-                                          functools.partial(autocast, device, args.amp))
+                                          functools.partial(autocast, device, args.amp), extra_out=extra_out)
     if extra is not None:  # a method's terms include the model's regularization (MTMT's formula)
         loss = loss + extra
         logs.update(extra_logs)
@@ -256,6 +274,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     state: TrainState
+    unlabelled: UnlabelledStream | None = None  # --ssl pseudo_label's unlabelled faces
     pending_rows: list = field(default_factory=list)  # log rows of epochs since the last checkpoint
 
     def log(self, msg: str) -> None:
@@ -302,10 +321,15 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
         torch.backends.cudnn.benchmark = True
     layout = get_layout(args.layout)
     edition = get_edition(args.edition)
-    layout_au_columns(layout, edition)  # the layout must have every AU the edition scores
+    if layout.has("au"):  # a layout with AUs must have every AU the edition scores (EXPR-only layouts score EXPR)
+        layout_au_columns(layout, edition)
     criterion = MultiTaskLoss(layout, parse_task_weights(args.task_weights), args.au_reduction, args.tsav_filter,
                               ccc=args.ccc_loss, expr_classes=args.expr_loss_classes, kind=args.loss)
     train_set, val_set, val_index = make_datasets(args, layout)
+    hidden = hide_labels(train_set, args.label_fraction, args.seed) if args.label_fraction < 1 else None
+    if hidden is not None:
+        log(f"--label-fraction {args.label_fraction}: {int(train_set.labels['expr_valid'].sum())} EXPR labels kept, "
+            f"{int((hidden >= 0).sum())} hidden")
     sampler = make_sampler(args, train_set, info)
     batches = len(sampler) // args.batch_size
     if batches < 1:
@@ -328,7 +352,12 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
         model.to_channels_last()
     if info.distributed:
         model = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    method = build_method(args.ssl, model, args)
+    stream = None
+    if METHODS[args.ssl].needs_pool:  # unlabelled faces for every batch, drawn apart from the labelled ones
+        pool = build_pool(args, train_set, hidden if hidden is not None else np.full(len(train_set), -1), layout, log)
+        stream = UnlabelledStream(pool, args.mu * args.batch_size, args.seed + 7, args.workers, info.rank,
+                                  info.world_size)
+    method = build_method(args.ssl, model, args, pool_size=len(stream.pool) if stream else 0)
     optimizer = build_optimizer(model, args.optimizer, args.lr, args.weight_decay)
     scheduler = build_scheduler(optimizer, schedule_from_args(args, steps_per_epoch))
     if len(optimizer.param_groups) > 1:
@@ -347,7 +376,7 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
             unwrap_model(model).set_view_rng_state(resume["rng"]["views"])
         log(f"resumed from {args.resume}: epoch {state.epoch}, step {state.step}, best {state.best_score:.4f}")
     return Run(args, info, layout, edition, criterion, train_set, val_set, val_index, sampler, model, method,
-               optimizer, scheduler, scaler, state)
+               optimizer, scheduler, scaler, state, stream)
 
 
 def describe(dataset: ClipDataset | LsdImages) -> str:
@@ -423,7 +452,9 @@ def train(r: Run) -> dict:
             r.sampler.set_epoch(epoch)
             train_logs = train_one_epoch(r.model, r.method, r.criterion, loader, r.optimizer, r.scheduler, r.scaler,
                                          state, args, info.device, r.layout, logger.tb if logger else None,
-                                         args.progress and info.is_main)
+                                         args.progress and info.is_main, r.unlabelled)
+            train_logs.update(r.method.end_epoch(epoch, functools.partial(
+                labelled_pass, train=r.train_set, layout=r.layout, args=args, device=info.device)))
             train_logs = dist.mean_over_ranks(train_logs, info.device)
             dist.broadcast_buffers(unwrap_model(r.model))  # one model on every rank, the one rank 0 saves
             for kept in r.method.models().values():

@@ -306,6 +306,7 @@ class MultiTaskLoss(nn.Module):
             expr_valid = valid.get("expr", expr_valid_mask(targets["expr"], self.layout.num_expr_classes))
             valid["expr"] = expr_valid & tsav_expr_keep_mask(targets["expr"], targets["va"], valid.get("va"))
         losses = {}
+        targets = {k: v for k, v in targets.items() if k in parts}  # the layout's tasks only (e.g. EXPR alone)
         if "expr" in targets:
             # Validity always by the served classes: with 8 logits the unused slot is never a target (ignore 7).
             expr_valid = valid.get("expr")

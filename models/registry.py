@@ -48,6 +48,8 @@ MODELS: dict[str, Family] = {
                    lambda s, p: tsav_weights.infer_layout("mtmt", s, p), lambda: tsav.default_input("mtmt")),
     "resnet18": Family(frame_cnn.FrameResNet, frame_cnn.detect_frame_resnet, _frame_layout,
                        lambda: InputSpec.frame(size=112)),
+    "resnet50": Family(frame_cnn.FrameResNet50, frame_cnn.detect_frame_resnet50, _frame_layout,
+                       lambda: InputSpec.frame(size=112)),
     "emma": Family(emma.EMMA, emma.detect_emma, emma.infer_layout, lambda: InputSpec.frame(size=224),
                    lambda state: {"variant": emma.variant_of(state)}, tuple(emma.VARIANTS)),
     "cotex": Family(cotex.CoTEX, cotex.detect_state, lambda s, p: get_layout("lsd"),
@@ -76,8 +78,8 @@ def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, inp
                 backbone_init: str | Path | None = None, dan_init: str | Path | None = None, variant: str | None = None,
                 options: Mapping[str, object] | None = None) -> nn.Module:
     """A fresh model ``name`` for ``layout`` and ``input_spec`` (its family's default when None), optionally
-    initialised from local weight files: torchvision Kinetics/ImageNet (tsav, mtmt, resnet18); for emma an MAE
-    ViT (``backbone_init``) and DAN's AffectNet-8 file (``dan_init``); for cotex an MAE ViT into every peer.
+    initialised from local weight files: torchvision Kinetics/ImageNet (tsav, mtmt, resnet18, resnet50); for emma
+    an MAE ViT (``backbone_init``) and DAN's AffectNet-8 file (``dan_init``); for cotex an MAE ViT into every peer.
     ``variant``: the size of a family that has several (emma: base, small, tiny; cotex: base, tiny);
     ``options``: further constructor options (e.g. emma's ``dan_bn``, cotex's ``peers``)."""
     family = _family(name)

@@ -18,7 +18,14 @@ save (``evaluated``), and keeps a state that checkpoints store and ``--resume`` 
   rows plus ``--lambda-js`` × their Jensen–Shannon agreement over every row, so rows without a label teach
   through the agreement only (that extension is ours).
 
-A method may replace the supervised loss of a batch (``supervised_loss``); pseudo-labelling plugs in the same way.
+- ``pseudo_label`` (DTM reconstruction, ABAW5): each batch brings ``--mu`` × as many unlabelled faces (the engine
+  draws them, ``app.unlabelled_run``) as a weak and a strong view; the teacher (the EMA teacher, or the student
+  without gradient) predicts on the weak view, the policy of ``--threshold`` (``models.pseudo_label``) keeps the
+  confident argmaxes, and the student learns them from the strong view: + λ_u · mean(mask · CE).
+
+A method may replace the supervised loss of a batch (``supervised_loss``) and may ask for more inputs in the
+student's forward pass (``extra_inputs``: e.g. the unlabelled strong views, run in one batch with the labelled
+ones so that BatchNorm and DDP see one forward); their outputs reach ``extra_loss`` as ``extra_out``.
 """
 
 from __future__ import annotations
@@ -33,7 +40,11 @@ from torch import Tensor, nn
 from models.base import unwrap_model
 from models.cotex import cotex_loss
 from models.mean_teacher import MeanTeacher, consistency_loss, sigmoid_rampup
+from models.pseudo_label import acceptance, build_policy, masked_ce, precision, pseudo_label_loss, rate
 from tasks import OutputLayout
+from utils import dist
+from utils.inputs import PIXELS
+from utils.outputs import split_outputs
 
 
 class Supervised:
@@ -43,10 +54,15 @@ class Supervised:
     teacher_view = False
     uses_unlabelled = False
     default_select = "student"
+    needs_pool = False  # whether the engine must draw unlabelled faces for every batch (batch["unlabelled"])
     log_fields: tuple[str, ...] = ()  # columns of log.csv the method's terms add
 
-    def __init__(self, model: nn.Module, args: argparse.Namespace) -> None:
+    def __init__(self, model: nn.Module, args: argparse.Namespace, pool_size: int = 0) -> None:
         self.args = args
+
+    def extra_inputs(self, raw: Mapping) -> list[tuple[str, dict]]:
+        """(name, raw batch) of further inputs for the student's forward pass (none by default)."""
+        return []
 
     def supervised_loss(self, out: Tensor | tuple, targets: Mapping[str, Tensor], valid: Mapping[str, Tensor],
                         criterion: Callable) -> tuple[Tensor, dict[str, Tensor]]:
@@ -55,9 +71,16 @@ class Supervised:
 
     def extra_loss(self, out: Tensor | tuple, raw: Mapping[str, Tensor], prepare: Callable[[str], dict],
                    valid: Mapping[str, Tensor], layout: OutputLayout, weights: Mapping[str, float],
-                   epoch_progress: float, autocast) -> tuple[Tensor | None, dict]:
-        """(term to add to the batch loss or None, logs). ``prepare(view)`` gives the model inputs of a view."""
+                   epoch_progress: float, autocast, extra_out: Mapping[str, Tensor] | None = None
+                   ) -> tuple[Tensor | None, dict]:
+        """(term to add to the batch loss or None, logs). ``prepare(view[, raw])`` gives the model inputs of a
+        view (of ``raw``, default the batch); ``extra_out``: the student's outputs of ``extra_inputs``."""
         return None, {}
+
+    def end_epoch(self, epoch: int, labelled_pass: Callable[[nn.Module], tuple[Tensor, Tensor]]) -> dict:
+        """Called after each training epoch; ``labelled_pass(model)`` gives (probabilities, labels) of the
+        labelled training frames. Returns the epoch's log columns."""
+        return {}
 
     def after_step(self, model: nn.Module) -> None:
         pass
@@ -75,6 +98,16 @@ class Supervised:
     def restore(self, ckpt: Mapping) -> None:
         pass
 
+    @classmethod
+    def has_teacher(cls, args: argparse.Namespace) -> bool:
+        """Whether this run of the method keeps a teacher (one to validate and save with --select teacher)."""
+        return cls.default_select == "teacher"
+
+    @classmethod
+    def select_for(cls, args: argparse.Namespace) -> str:
+        """The model --select auto validates and saves: the teacher when the method keeps one."""
+        return "teacher" if cls.has_teacher(args) else "student"
+
     @staticmethod
     def check_resume(ckpt: Mapping) -> str | None:
         """A reason the checkpoint was not saved by this method, or None."""
@@ -89,7 +122,7 @@ class MeanTeacherMethod(Supervised):
     uses_unlabelled = True  # frames without labels still teach through the consistency term
     default_select = "teacher"
 
-    def __init__(self, model: nn.Module, args: argparse.Namespace) -> None:
+    def __init__(self, model: nn.Module, args: argparse.Namespace, pool_size: int = 0) -> None:
         super().__init__(model, args)
         # Namespaces built without the reproduction flags (older callers) get today's behaviour.
         bn = getattr(args, "teacher_bn", "eval")
@@ -98,7 +131,7 @@ class MeanTeacherMethod(Supervised):
                              "come only from the forward passes that make its targets")
         self.teacher = MeanTeacher(model, args.ema_decay, bn=bn)
 
-    def extra_loss(self, out, raw, prepare, valid, layout, weights, epoch_progress, autocast):
+    def extra_loss(self, out, raw, prepare, valid, layout, weights, epoch_progress, autocast, extra_out=None):
         args = self.args
         if args.consistency_weight <= 0:  # the teacher is only an EMA model
             return None, {}
@@ -140,7 +173,7 @@ class CoTraining(Supervised):
     uses_unlabelled = True  # rows without a label still teach through the agreement term
     log_fields = ("loss_js",)  # the agreement term before its weight (loss_expr: the peers' mean CE)
 
-    def __init__(self, model: nn.Module, args: argparse.Namespace) -> None:
+    def __init__(self, model: nn.Module, args: argparse.Namespace, pool_size: int = 0) -> None:
         super().__init__(model, args)
         bare = unwrap_model(model)
         if not hasattr(bare, "peer_logits"):
@@ -160,6 +193,110 @@ class CoTraining(Supervised):
         return "saved with a mean teacher" if ckpt.get("teacher") is not None else None
 
 
+class PseudoLabel(Supervised):
+    """``--ssl pseudo_label``: confident teacher argmaxes on weak views teach the student on strong views."""
+
+    name = "pseudo_label"
+    needs_pool = True
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace, pool_size: int = 0) -> None:
+        super().__init__(model, args)
+        bare = unwrap_model(model)
+        if bare.input_spec.kind != "frame" or not bare.layout.has("expr"):
+            raise ValueError(f"--ssl pseudo_label pseudo-labels the EXPR classes of a frame model, not "
+                             f"{type(bare).__name__} (input {bare.input_spec.kind!r}, layout {bare.layout.name!r})")
+        if pool_size < 1:
+            raise ValueError("--ssl pseudo_label needs unlabelled faces (training frames without an EXPR label, "
+                             "or --unlabelled DIR)")
+        self.model, self.layout, self.classes = model, bare.layout, bare.layout.expr_names
+        self.teacher = MeanTeacher(model, args.ema_decay) if args.pl_teacher == "ema" else None
+        self.policy = build_policy(args.threshold, len(self.classes), pool_size, args.tau)
+        self.log_fields = ("loss_unlabelled", "accepted") + tuple(
+            f"{what}_{c}" for what in ("threshold", "acceptance", "precision") for c in self.classes)
+        self._reset_counts()
+
+    @staticmethod
+    def has_teacher(args: argparse.Namespace) -> bool:
+        return args.pl_teacher == "ema"
+
+    def _reset_counts(self) -> None:
+        c = len(self.classes)
+        self.counts = {k: torch.zeros(c, dtype=torch.long) for k in ("accepted", "predicted", "correct", "known")}
+
+    def extra_inputs(self, raw):
+        u = raw["unlabelled"]
+        views = [("strong", {PIXELS: u["strong"]})]
+        if self.teacher is None:  # the student without gradient: its weak-view outputs, detached
+            views.insert(0, ("weak", {PIXELS: u["weak"]}))
+        return views
+
+    def extra_loss(self, out, raw, prepare, valid, layout, weights, epoch_progress, autocast, extra_out=None):
+        u = raw["unlabelled"]
+        if self.teacher is None:
+            weak = split_outputs(extra_out["weak"], layout)["expr"].detach()
+        else:
+            with torch.no_grad(), autocast():
+                weak = split_outputs(self.teacher(prepare("teacher", {PIXELS: u["weak"]})), layout)["expr"]
+        probs = weak.float().softmax(dim=1)
+        uids = u["uid"].to(probs.device)
+        # every rank's rows update the policy, so that all ranks keep the same thresholds
+        gathered = dist.all_gather_objects((probs.cpu(), uids.cpu()))  # [the local pair] in one process
+        strong = split_outputs(extra_out["strong"], layout)["expr"]
+        if len(gathered) == 1:
+            loss, mask, pseudo = pseudo_label_loss(strong, probs, uids, self.policy, self.args.lambda_u)
+        else:
+            mask_all, pseudo_all = self.policy.mask(torch.cat([g[0] for g in gathered]),
+                                                    torch.cat([g[1] for g in gathered]))
+            start = sum(len(g[0]) for g in gathered[:torch.distributed.get_rank()])
+            mask = mask_all[start:start + len(probs)].to(strong.device)
+            pseudo = pseudo_all[start:start + len(probs)].to(strong.device)
+            loss = self.args.lambda_u * masked_ce(strong, pseudo, mask)
+        accepted, predicted = acceptance(mask, pseudo, len(self.classes))
+        correct, known = precision(mask, pseudo, u["truth"], len(self.classes))
+        for k, v in (("accepted", accepted), ("predicted", predicted), ("correct", correct), ("known", known)):
+            self.counts[k] += v
+        return loss, {"loss_unlabelled": loss.detach(), "accepted": mask.float().mean().detach()}
+
+    def after_step(self, model: nn.Module) -> None:
+        if self.teacher is not None:
+            self.teacher.update(model)
+
+    def models(self) -> dict[str, nn.Module]:
+        return {} if self.teacher is None else {"teacher": self.teacher.teacher}
+
+    def evaluated(self, model: nn.Module, select: str) -> nn.Module:
+        return self.teacher.teacher if select == "teacher" and self.teacher is not None else unwrap_model(model)
+
+    def end_epoch(self, epoch, labelled_pass):
+        """Per class: the thresholds in force, the epoch's acceptance rate and pseudo-label precision (NaN where
+        the truth is unknown); Ada-CM then refreshes its thresholds from the labelled training frames."""
+        logs = {}
+        for what, values in (("threshold", self.policy.thresholds()),
+                             ("acceptance", rate(self.counts["accepted"], self.counts["predicted"])),
+                             ("precision", rate(self.counts["correct"], self.counts["known"]))):
+            logs.update({f"{what}_{c}": float(v) for c, v in zip(self.classes, values.tolist(), strict=True)})
+        self._reset_counts()
+        if self.args.threshold == "adacm":  # its reference counts epochs from 1 after the first
+            probs, labels = labelled_pass(self.teacher.teacher if self.teacher is not None else self.model)
+            self.policy.end_epoch(epoch + 1, probs, labels)
+        return logs
+
+    def checkpoint_entries(self) -> dict:
+        out = {"policy": self.policy.state_dict()}
+        if self.teacher is not None:
+            out["teacher"] = self.teacher.state_dict()
+        return out
+
+    def restore(self, ckpt: Mapping) -> None:
+        self.policy.load_state_dict(ckpt["policy"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(ckpt["teacher"])
+
+    @staticmethod
+    def check_resume(ckpt: Mapping) -> str | None:
+        return None if ckpt.get("policy") is not None else "saved without a pseudo-label policy"
+
+
 def ramp_position(epoch_progress: float, by: str) -> float:
     """Where the ramp-up stands: the fractional epoch of the step ('step', ours) or the whole epoch number
     ('epoch', MTMT: one weight per epoch, w(0) for the whole first epoch)."""
@@ -170,13 +307,15 @@ def ramp_position(epoch_progress: float, by: str) -> float:
     raise ValueError(f"--rampup-by must be 'step' or 'epoch', got {by!r}")
 
 
-METHODS: dict[str, type[Supervised]] = {"none": Supervised, "mean_teacher": MeanTeacherMethod, "cotex": CoTraining}
+METHODS: dict[str, type[Supervised]] = {"none": Supervised, "mean_teacher": MeanTeacherMethod, "cotex": CoTraining,
+                                        "pseudo_label": PseudoLabel}
 
 
-def build_method(name: str, model: nn.Module, args: argparse.Namespace) -> Supervised:
+def build_method(name: str, model: nn.Module, args: argparse.Namespace, pool_size: int = 0) -> Supervised:
+    """The method ``name`` for ``model`` (DDP-wrapped or not); ``pool_size``: unlabelled faces the engine draws."""
     if name not in METHODS:
         raise ValueError(f"unknown semi-supervised method {name!r} (known: {', '.join(METHODS)})")
-    return METHODS[name](model, args)
+    return METHODS[name](model, args, pool_size)
 
 
 def uses_teacher_view(name: str) -> bool:

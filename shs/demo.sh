@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded mini Aff-Wild2, end to end, on CPU, for one system:
-#   bash shs/demo.sh [SYSTEM]     SYSTEM = tsav (default), mtmt, emma or cotex: the train.py flags of
+#   bash shs/demo.sh [SYSTEM]     SYSTEM = tsav (default), mtmt, emma, cotex or dtm: the train.py flags of
 #                                 shs/demo_SYSTEM.args
 # Shared by the systems, in demo_out/ (DEMO=... to move it), made once: the mini dataset → its LMDB (faces,
 # landmarks, log-mel, labels; a rerun resumes it) → its report → a trivial reference prediction for the
@@ -14,6 +14,9 @@
 # python -m tools.synthetic --lsd: synthetic-style training faces, real validation crops) → train.py --lsd →
 # test_val_aff2.py --lsd on the real images (predictions.txt, scores.json, confusion.png) → format check and
 # scores by evaluate.py --edition lsd.
+# DTM-style pseudo-labelling (dtm, ABAW5 EXPR) uses the ABAW3/5 files (8 classes, demo_out/db_abaw3) with 5 % of
+# the EXPR labels: trained once supervised only (demo_out/dtm/supervised_scores.json), then with pseudo-labels on
+# the rest and on the generator's pool of unlabelled faces (python -m tools.synthetic --unlabelled-faces 1000).
 source "$(dirname "$0")/env.sh"
 SYSTEM=${1:-tsav}
 known=$(cd shs && for f in demo_*.args; do f=${f#demo_}; echo -n "${f%.args} "; done)
@@ -26,10 +29,12 @@ OUT=$DEMO/$SYSTEM
 DATA=$DEMO/mini_affwild2
 case $SYSTEM in
   emma) EDITION=abaw4; ANN=$DATA/annotations/mtl; DB=$DEMO/db_mtl; BASE=$DEMO/baseline_abaw4 ;;
+  dtm) EDITION=abaw5; ANN=$DATA/annotations/abaw3; DB=$DEMO/db_abaw3; BASE=$DEMO/baseline_abaw5 ;;
   *) EDITION=abaw2021; ANN=$DATA/annotations/abaw2021; DB=$DEMO/db; BASE=$DEMO/baseline ;;  # layouts abaw2021, mtmt
 esac
 SUB=""  # the submission inside its folder: per-video files are the folder itself, abaw4 writes one MTL file
 [[ $EDITION == abaw4 ]] && SUB=/MTL_predictions.txt
+[[ $EDITION == abaw5 ]] && SUB=/EXPR_predictions.txt  # 2023+: a file per task; DTM predicts EXPR only
 start=$SECONDS
 set -x
 [[ -f $DATA/meta.json ]] || $PY -m tools.synthetic --out "$DATA" --seed 0
@@ -57,8 +62,19 @@ if [[ ! -f ${BASE}_scores.json ]]; then
   $PY evaluate.py --check "${BASE}_pred$SUB" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
   $PY evaluate.py --pred "${BASE}_pred$SUB" --annotations "$ANN" --edition $EDITION --json "${BASE}_scores.json"
 fi
-rm -rf "$OUT/train"  # a fresh run each time (log.csv would otherwise grow)
-$PY train.py "@shs/demo_$SYSTEM.args" --db "$DB" --output-dir "$OUT/train" --edition $EDITION
+rm -rf "$OUT/train" "$OUT/supervised"  # a fresh run each time (log.csv would otherwise grow)
+TRAIN_EXTRA=()
+if [[ $SYSTEM == dtm ]]; then  # the same flags without pseudo-labels first, then with the unlabelled pool too
+  POOL=$DATA/unlabelled_faces
+  $PY -m tools.synthetic --out "$DATA" --seed 0 --unlabelled-faces 1000  # adds $POOL once
+  $PY train.py "@shs/demo_$SYSTEM.args" --db "$DB" --output-dir "$OUT/supervised/train" --edition $EDITION --ssl none
+  $PY test_val_aff2.py --checkpoint "$OUT/supervised/train/best.pth" --db "$DB" --split val --edition $EDITION \
+    --annotations "$ANN" --out "$OUT/supervised/test_val" --workers 1
+  $PY evaluate.py --pred "$OUT/supervised/test_val/submission$SUB" --annotations "$ANN" --edition $EDITION \
+    --json "$OUT/supervised_scores.json"
+  TRAIN_EXTRA=(--unlabelled "$POOL" --unlabelled-truth "$DATA/unlabelled_faces_truth.json")
+fi
+$PY train.py "@shs/demo_$SYSTEM.args" --db "$DB" --output-dir "$OUT/train" --edition $EDITION "${TRAIN_EXTRA[@]}"
 $PY test_val_aff2.py --checkpoint "$OUT/train/best.pth" --db "$DB" --split val --edition $EDITION \
   --annotations "$ANN" --out "$OUT/test_val" --workers 1
 $PY evaluate.py --check "$OUT/test_val/submission$SUB" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
@@ -72,3 +88,10 @@ echo "demo of $SYSTEM finished in $(( (SECONDS - start) / 60 )) min $(( (SECONDS
   "database $DB, report ${DB}_report.json, baseline ${BASE}_scores.json," \
   "trained model $OUT/train/best.pth, its scores $OUT/scores.json on the validation videos:"
 cat "$OUT/scores.txt"
+if [[ $SYSTEM == dtm ]]; then
+  $PY - "$OUT/supervised_scores.json" "$OUT/scores.json" <<'PY'
+import json, sys
+sup, pl = (json.load(open(p))["expr"]["f1"] for p in sys.argv[1:])
+print(f"EXPR F1 with 5 % of the labels: supervised only {sup:.4f}, with pseudo-labels {pl:.4f} ({pl - sup:+.4f})")
+PY
+fi

@@ -2,11 +2,13 @@
 
     python -m tools.baseline --annotations DIR --videos DIR --edition abaw2021 --out PRED
     python -m tools.baseline --annotations DIR/mtl --videos DIR --edition abaw4 --out PRED   # PRED/MTL_predictions.txt
+    python -m tools.baseline --annotations DIR/abaw3 --videos DIR --edition abaw5 --out PRED  # a file per task
 
 VA = the training mean, EXPR = the most frequent training class, AU = each AU's majority value.
 It is what any model must beat (its VA CCC is 0 by construction) and shows the submission path
-end to end: frame counts from the decoded videos, the edition's submission (per-video files, or for abaw4
-one multi-task file listing the images of the split's MTL annotation file), then `evaluate.py`.
+end to end: frame counts from the decoded videos, the edition's submission (per-video files; for abaw4 one
+multi-task file listing the images of the split's MTL annotation file; for abaw5 one file per task), then
+`evaluate.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.split_run import write_submission
 from app.submission import listed_images, per_video_names, video_frame_counts, write_mtl, write_per_video
 from data.annotations import MTL_FILES, TrackLabels, canonical_split, find_mtl_file, read_annotations
 from tasks import EDITIONS, TASKS, TRAIN_SPLIT, VAL_SPLIT, get_edition
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     if get_edition(args.edition).submission == "mtl":
         out = write_mtl_prior(args.annotations, args.split, preds, Path(args.out))
         print(f"wrote the multi-task prediction of {len(preds['VA'])} tracks to {out}")
+        return
+    if get_edition(args.edition).submission == "single-file":  # 2023+: one file per task
+        out = write_submission(Path(args.out), preds, get_edition(args.edition), "single-file")
+        print(f"wrote {', '.join(f'{t}_predictions.txt' for t in preds)} to {out}")
         return
     out = write_per_video(args.out, preds, args.edition)
     print(f"wrote {sum(len(v) for v in preds.values())} prediction files to {out}")

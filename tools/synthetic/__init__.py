@@ -28,6 +28,19 @@ layout of the ABAW4 learning-from-synthetic-data track (read by ``data.lsd``; mo
 that already holds the dataset of the same seed and ``--quick``, ``--lsd`` renders no video and only adds
 DIR/lsd; an existing DIR/lsd is left alone (a complete one of these settings: nothing to do; else refused).
 
+With ``--unlabelled-faces N`` (opt-in, default 0; without it the output is byte for byte the same) it also
+writes a pool of faces without labels, for semi-supervised learning (module ``unlabelled``)::
+
+    DIR/unlabelled_faces/%05d.jpg              N aligned 112x112 faces (00000.jpg …) like the videos' crops:
+                                               both identities, class from the EXPR prior, AUs drawn given
+                                               it, video backgrounds, random pose, JPEG quality 95
+    DIR/unlabelled_faces_truth.json            hidden truth, outside the image folder: per file its class
+                                               (0-7, Other = 7), valence, AUs, identity; seed, n, generator
+
+Face i comes from its own stream ``rng_for(seed, 2000, i)``. Like ``--lsd``, on a DIR that holds the dataset
+of the same seed and ``--quick`` it renders no video and only adds the pool; a complete pool of these settings
+is kept, anything else at those paths is refused. The two options combine in one command.
+
 The face is the public-domain astronaut photograph shipped with scikit-image (identity 0); identity 1 is
 its mirror image with cooler colours. An elliptical, soft-edged cut-out of the face is composited on a
 moving background with a per-frame similarity transform, so the true landmarks are known exactly.
@@ -66,14 +79,16 @@ Frame ranges in meta are 1-based and inclusive, like ``%05d.jpg`` and label line
 Public API (re-exported here): ``generate(out, seed, quick, workers) -> meta``, ``generate_timed`` (also returns render
 seconds), ``video_specs``, ``plan_video`` (labels and motion without rendering), ``reference_audio``
 (the audio before encoding), ``background`` and ``render_frame`` (a frame before encoding),
-``identities``, ``similarity_lstsq``, ``align_crop``, ``generate_lsd`` (the LSD set), ``LSD_FOLDERS`` and the
+``identities``, ``similarity_lstsq``, ``align_crop``, ``generate_lsd`` (the LSD set), ``LSD_FOLDERS``,
+``generate_unlabelled`` and ``read_unlabelled_truth`` (the pool of unlabelled faces and its truth) and the
 constants.
 
 Modules: ``mapping`` (constants, label → signal functions), ``specs`` (the videos), ``labels`` (drawing
 a track's labels), ``faces`` (identities, motion, compositing, crops), ``audio`` (synthesis, encoding),
 ``video_codecs`` (video encoder settings, first-frame time), ``plan`` (one video's plan), ``render``
 (one video's frames, file, crops and truth), ``writers`` (label files), ``dataset`` (``generate``,
-meta), ``lsd`` (the opt-in LSD set), ``cli`` (the command line, run by ``__main__``).
+meta), ``lsd`` (the opt-in LSD set), ``unlabelled`` (the opt-in pool of unlabelled faces), ``cli`` (the
+command line, run by ``__main__``).
 """
 
 from tools.synthetic.cli import build_parser, main
@@ -111,6 +126,8 @@ from tools.synthetic.mapping import (
 from tools.synthetic.plan import VideoJob, plan_video, reference_audio
 from tools.synthetic.render import Background, VideoResult, background, render_frame
 from tools.synthetic.specs import VideoSpec, video_specs
+from tools.synthetic.unlabelled import generate_unlabelled
+from tools.synthetic.unlabelled import read_truth as read_unlabelled_truth
 
 __all__ = [
     "ARCFACE_TEMPLATE_112", "ASTRONAUT_LANDMARKS_5", "AU_DOT_RADIUS", "AU_DOT_RGB", "AU_NAMES_ALL", "AU_POINTS",
@@ -119,6 +136,7 @@ __all__ = [
     "LSD_FOLDERS", "LUMA_STD", "MTL_EVERY", "TINT_CHROMA", "TINT_KEEP_ORIGINAL",
     "Background", "VideoJob", "VideoResult", "VideoSpec",
     "align_crop", "apply_affine", "arousal_amplitude", "arousal_jitter", "background", "build_parser",
-    "generate", "generate_lsd", "generate_timed", "identities", "main", "mapping_meta", "plan_video", "reference_audio",
-    "render_frame", "similarity_lstsq", "valence_gain", "valence_harmonic", "video_meta", "video_specs",
+    "generate", "generate_lsd", "generate_timed", "generate_unlabelled", "identities", "main", "mapping_meta",
+    "plan_video", "read_unlabelled_truth", "reference_audio", "render_frame", "similarity_lstsq", "valence_gain",
+    "valence_harmonic", "video_meta", "video_specs",
 ]

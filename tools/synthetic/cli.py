@@ -1,4 +1,5 @@
-"""Command line of the generator (``python -m tools.synthetic --out DIR --seed N [--quick] [--lsd]``)."""
+"""Command line of the generator (``python -m tools.synthetic --out DIR --seed N [--quick] [--lsd]
+[--unlabelled-faces N]``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.synthetic import lsd
+from tools.synthetic import lsd, unlabelled
 from tools.synthetic.dataset import generate_timed
 
 
@@ -37,20 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
                              "--quick, only DIR/lsd is added (no video is re-rendered)")
     parser.add_argument("--lsd-per-class", type=int, default=lsd.PER_CLASS,
                         help=f"synthetic training images per class of --lsd (default {lsd.PER_CLASS})")
+    parser.add_argument("--unlabelled-faces", type=int, default=0, metavar="N",
+                        help="also write N aligned faces without labels to DIR/unlabelled_faces/ and their hidden "
+                             "truth to DIR/unlabelled_faces_truth.json (see tools.synthetic.unlabelled); on a DIR "
+                             "that holds the dataset of this --seed and --quick, only they are added "
+                             "(default 0: none)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Generate the dataset the flags ask for and print a per-video summary (and the LSD set's counts)."""
+    """Generate the dataset the flags ask for and print a per-video summary (and what the options added)."""
     args = build_parser().parse_args(argv)
-    if args.lsd:
-        check_lsd_target(args)
+    if args.lsd or args.unlabelled_faces:
+        check_targets(args)
         if lsd.dataset_matches(args.out, args.seed, args.quick):
             print(f"{args.out}: the mini dataset of seed {args.seed}{' (quick)' * args.quick} is there; "
                   "videos not re-rendered")
         else:
             generate_and_report(args)
-        add_lsd(args)
+        if args.lsd:
+            add_lsd(args)
+        if args.unlabelled_faces:
+            add_unlabelled(args)
     else:
         generate_and_report(args)
 
@@ -61,17 +70,25 @@ def generate_and_report(args: argparse.Namespace) -> None:
     print_summary(meta, timings, time.perf_counter() - t0)
 
 
-def check_lsd_target(args: argparse.Namespace) -> None:
-    """Refuse (exit 1, before anything is written) a DIR/lsd or a dataset in DIR that this run would clobber."""
-    if args.lsd_per_class < 1:
-        sys.exit("--lsd-per-class must be at least 1")
-    found = lsd.state(args.out, args.seed, args.quick, args.lsd_per_class)
-    if found not in ("absent", "complete"):
-        sys.exit(f"{args.out / 'lsd'} exists and is not a complete LSD set of seed {args.seed}: {found}; "
-                 "remove it or choose another --out")
+def check_targets(args: argparse.Namespace) -> None:
+    """Refuse (exit 1, before anything is written) what the options would clobber: a DIR/lsd, a pool of
+    unlabelled faces or a dataset in DIR that this run did not make with these settings."""
+    if args.lsd:
+        if args.lsd_per_class < 1:
+            sys.exit("--lsd-per-class must be at least 1")
+        found = lsd.state(args.out, args.seed, args.quick, args.lsd_per_class)
+        if found not in ("absent", "complete"):
+            sys.exit(f"{args.out / 'lsd'} exists and is not a complete LSD set of seed {args.seed}: {found}; "
+                     "remove it or choose another --out")
+    if args.unlabelled_faces < 0:
+        sys.exit("--unlabelled-faces must be at least 0")
+    if args.unlabelled_faces:
+        found = unlabelled.state(args.out, args.seed, args.quick, args.unlabelled_faces)
+        if found not in ("absent", "complete"):
+            sys.exit(unlabelled.refusal(args.out, args.seed, found))
     if lsd.dataset_matches(args.out, args.seed, args.quick) is False:
         sys.exit(f"{args.out / 'meta.json'}: {args.out} holds another mini dataset (other --seed or --quick); "
-                 "--lsd adds to the dataset of its own seed only: choose another --out")
+                 "--lsd and --unlabelled-faces add to the dataset of their own seed only: choose another --out")
 
 
 def add_lsd(args: argparse.Namespace) -> None:
@@ -89,3 +106,19 @@ def add_lsd(args: argparse.Namespace) -> None:
         print(f"{folder:<12}{meta['counts']['train'][folder]:>7}{meta['counts']['val'][folder]:>6}"
               f"  ({src['Validation_Set']} / {src['Train_Set']})")
     print(f"{args.out / 'lsd'}: written in {time.perf_counter() - t0:.1f} s")
+
+
+def add_unlabelled(args: argparse.Namespace) -> None:
+    t0 = time.perf_counter()
+    n = args.unlabelled_faces
+    try:
+        meta = unlabelled.generate_unlabelled(args.out, args.seed, args.quick, n)
+    except unlabelled.UnlabelledRefused as e:  # something appeared there since the check
+        sys.exit(str(e))
+    if meta is None:
+        print(f"{args.out / unlabelled.FOLDER}: the pool of {n} unlabelled faces of seed {args.seed} is already "
+              "there; nothing written")
+        return
+    counts = ", ".join(f"{name} {c}" for name, c in meta["expr_counts"].items())
+    print(f"{args.out / unlabelled.FOLDER}: {n} unlabelled faces written in {time.perf_counter() - t0:.1f} s "
+          f"(hidden classes: {counts}; truth in {args.out / unlabelled.TRUTH})")
