@@ -41,11 +41,12 @@ def prediction_cells(preds: dict[str, np.ndarray] | None, decisions: dict[str, n
     if preds is None:
         yield from ([""] * width for _ in range(n))
         return
-    expr, au_on = decisions["EXPR"], decisions["AU"].astype(int)
+    va, expr, au_on = preds.get("va"), decisions.get("EXPR"), decisions.get("AU")  # a layout may lack a block
     for i in range(n):
-        yield ([f"{preds['va'][i, 0]:.4f}", f"{preds['va'][i, 1]:.4f}", expr_names[expr[i]]]
-               + [f"{p:.4f}" for p in preds["expr_prob"][i]] + [f"{p:.4f}" for p in preds["au_prob"][i]]
-               + au_on[i].tolist())
+        yield ([f"{v:.4f}" for v in va[i]] if va is not None else ["", ""]) \
+            + [expr_names[expr[i]] if expr is not None else ""] \
+            + ([f"{p:.4f}" for p in preds["expr_prob"][i]] if expr is not None else []) \
+            + ([f"{p:.4f}" for p in preds["au_prob"][i]] + au_on[i].astype(int).tolist() if au_on is not None else [])
 
 
 def write_frame_csv(path: str | Path, times: np.ndarray, has_face: np.ndarray, confidence: np.ndarray,
@@ -86,25 +87,30 @@ def plot_timeline(path: str | Path, times: np.ndarray, has_face: np.ndarray, pre
     t = np.asarray(times, float)
     fig, (ax_va, ax_ex, ax_au) = plt.subplots(
         3, 1, figsize=(12, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 0.6, 0.25 * len(au_names) + 0.6]})
-    ax_va.plot(t, preds["va"][:, 0], label="valence", color="tab:blue", lw=1.2)
-    ax_va.plot(t, preds["va"][:, 1], label="arousal", color="tab:red", lw=1.2)
+    if "va" in preds:
+        ax_va.plot(t, preds["va"][:, 0], label="valence", color="tab:blue", lw=1.2)
+        ax_va.plot(t, preds["va"][:, 1], label="arousal", color="tab:red", lw=1.2)
+        ax_va.legend(loc="upper right", fontsize=8)
+    else:
+        ax_va.text(0.5, 0.5, "no VA output in this model's layout", ha="center", va="center",
+                   transform=ax_va.transAxes)
     ax_va.set_ylim(-1.05, 1.05)
     ax_va.axhline(0, color="k", lw=0.5)
-    ax_va.legend(loc="upper right", fontsize=8)
     ax_va.set_ylabel("VA")
     for a, b in runs(~np.asarray(has_face, bool)):
         for ax in (ax_va, ax_ex, ax_au):
             ax.axvspan(t[a], t[min(b, len(t) - 1)], color="0.85", zorder=0)
-    expr = decisions["EXPR"]
-    colours = np.array([EXPR_COLOURS.get(n, (0, 0, 0)) for n in expr_names], float) / 255
     edges = np.append(t, t[-1] + (t[-1] - t[-2] if len(t) > 1 else 1 / 30))
-    ax_ex.pcolormesh(edges, [0, 1], colours[expr][None], shading="flat")
+    if "EXPR" in decisions:
+        colours = np.array([EXPR_COLOURS.get(n, (0, 0, 0)) for n in expr_names], float) / 255
+        ax_ex.pcolormesh(edges, [0, 1], colours[decisions["EXPR"]][None], shading="flat")
+        ax_ex.legend(handles=[Patch(color=colours[k], label=n) for k, n in enumerate(expr_names)],
+                     loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=len(expr_names), fontsize=7, frameon=False)
     ax_ex.set_yticks([])
     ax_ex.set_ylabel("EXPR")
-    ax_ex.legend(handles=[Patch(color=colours[k], label=n) for k, n in enumerate(expr_names)],
-                 loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=len(expr_names), fontsize=7, frameon=False)
-    on = decisions["AU"].T.astype(float)
-    ax_au.pcolormesh(edges, np.arange(len(au_names) + 1), on, cmap="Greys", vmin=0, vmax=1, shading="flat")
+    if "AU" in decisions:
+        on = decisions["AU"].T.astype(float)
+        ax_au.pcolormesh(edges, np.arange(len(au_names) + 1), on, cmap="Greys", vmin=0, vmax=1, shading="flat")
     ax_au.set_yticks(np.arange(len(au_names)) + 0.5, au_names, fontsize=7)
     ax_au.invert_yaxis()
     ax_au.set_xlabel("time (s)")
@@ -141,7 +147,8 @@ def draw_predictions(bgr: np.ndarray, box: np.ndarray | None, va: np.ndarray, ex
     if box is not None and np.all(np.isfinite(box)):
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         cv2.rectangle(bgr, (x0, y0), (x1, y1), colour, 2)
-    lines = [f"{expr_name}", f"V {va[0]:+.2f}  A {va[1]:+.2f}", " ".join(au_on) or "no AU"]
+    va_text = f"V {va[0]:+.2f}  A {va[1]:+.2f}" if np.isfinite(va).all() else ""  # a layout without VA: none
+    lines = [expr_name, va_text, " ".join(au_on) or "no AU"]
     scale = max(0.4, bgr.shape[1] / 1200)
     y = int(22 * scale / 0.5)
     for text in lines:
@@ -174,7 +181,10 @@ def write_overlay(src: str | Path, out: str | Path, boxes: np.ndarray, preds: di
     from data.video import presentation_frames  # here: the report's other writers need no decoder
 
     out = Path(out)
-    expr, au_on = decisions["EXPR"], decisions["AU"].astype(bool)
+    n = len(next(iter(decisions.values())))
+    expr = decisions.get("EXPR")
+    au_on = decisions["AU"].astype(bool) if "AU" in decisions else np.zeros((n, 0), bool)
+    va = preds["va"] if "va" in preds else np.full((n, 2), np.nan)
     # closed in reverse: the MP4 is finished before atomic_path renames it into place
     with (atomic_path(out) as tmp, av.open(str(src)) as inp, av.open(str(src)) as sound,
           open_overlay(tmp, inp) as dst):
@@ -188,12 +198,12 @@ def write_overlay(src: str | Path, out: str | Path, boxes: np.ndarray, preds: di
         audio = AudioCopy(sound, dst)
         pts = overlay_pts(presentation_frames(inp, vin), frame_ticks(rate, vin.time_base))
         for i, (frame, frame_pts) in enumerate(pts):
-            if i >= len(expr):
+            if i >= n:
                 break
             audio.copy_until(float(frame_pts * vin.time_base))  # interleaved: the muxer buffers little
             bgr = frame.to_ndarray(format="bgr24")[: vout.height, : vout.width].copy()
             names = [n for n, on in zip(au_names, au_on[i]) if on]
-            draw_predictions(bgr, boxes[i], preds["va"][i], expr_names[expr[i]], names)
+            draw_predictions(bgr, boxes[i], va[i], expr_names[expr[i]] if expr is not None else "", names)
             new = av.VideoFrame.from_ndarray(bgr, format="bgr24")
             new.pts, new.time_base = frame_pts, vin.time_base
             dst.mux(vout.encode(new))

@@ -21,6 +21,7 @@ reference gathers too) so that all ranks hold the same state, then keep the loca
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,7 +49,7 @@ def _cmp_dtype(probs: Tensor) -> torch.dtype:
     return torch.promote_types(probs.dtype, torch.float32) if probs.is_floating_point() else torch.float64
 
 
-class ThresholdPolicy:
+class ThresholdPolicy(ABC):
     """Base: per-class thresholds, a batch's mask and pseudo-labels, state for checkpoints."""
 
     name = "base"
@@ -58,9 +59,9 @@ class ThresholdPolicy:
             raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
         self.num_classes = num_classes
 
+    @abstractmethod
     def thresholds(self) -> Tensor:
         """Current thresholds T(c), float64 [C] on the CPU."""
-        raise NotImplementedError
 
     def _check(self, probs: Tensor) -> None:
         if probs.dim() != 2 or probs.shape[1] != self.num_classes:
@@ -78,7 +79,7 @@ class ThresholdPolicy:
         _, conf, pseudo = _top(probs)
         return self._decide(probs, conf, pseudo, self.thresholds())
 
-    def end_epoch(self, epoch: int, probs: Tensor, labels: Tensor) -> None:
+    def end_epoch(self, epoch: int, probs: Tensor, labels: Tensor) -> None:  # noqa: B027 (a no-op by default)
         """Epoch-end hook (only adacm uses it)."""
 
     def describe(self) -> str:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import test_val_aff2
 import train
 from app import training
 from app.unlabelled_run import hide_labels, read_truth
@@ -112,17 +111,15 @@ def test_the_method_needs_a_frame_model_and_unlabelled_faces(toy, tmp_path):
 
 @pytest.mark.slow
 def test_pseudo_labels_beat_supervised_only_with_5_percent_of_the_labels(demo_db, tmp_path):
-    """shs/demo_dtm.args for 10 of its 15 epochs on the demo's database (abaw2021 labels here, shared with the other
-    learning checks; the demo uses the ABAW3/5 files): the pseudo-labelled student beats the supervised one."""
-    db, annotations = demo_db
-    scores = {}
+    """shs/demo_dtm.args for 6 of its 15 epochs (≈ 1.5 min) on the demo's database (its abaw2021 labels here,
+    shared with the other learning checks; the demo uses the ABAW3/5 files), without the generator's face pool:
+    the pseudo-labelled student's validation macro-F1 (every validation frame, the inference path of
+    test_val_aff2.py) beats the supervised one's by 0.05."""
+    db, _ = demo_db
+    f1 = {}
     for name, extra in (("supervised", ["--ssl", "none"]), ("pseudo", [])):
         out = tmp_path / name
-        assert train.main([f"@{ROOT / 'shs' / 'demo_dtm.args'}", "--db", str(db), "--output-dir", str(out / "train"),
-                           "--layout", "expr8", "--edition", "abaw5", "--no-progress", "--no-tensorboard",
-                           "--epochs", "10", "--eval-every", "10", *extra]) == 0
-        assert test_val_aff2.main(["--checkpoint", str(out / "train" / "best.pth"), "--db", str(db), "--split",
-                                   "val", "--edition", "abaw2021", "--annotations", str(annotations), "--out",
-                                   str(out / "pred"), "--workers", "1"]) == 0
-        scores[name] = json.loads((out / "pred" / "scores.json").read_text())["expr"]["f1"]
-    assert scores["pseudo"] >= scores["supervised"] + 0.05, scores
+        assert train.main([f"@{ROOT / 'shs' / 'demo_dtm.args'}", "--db", str(db), "--output-dir", str(out),
+                           "--no-progress", "--no-tensorboard", "--epochs", "6", "--eval-every", "6", *extra]) == 0
+        f1[name] = float(rows(out)[-1]["expr_f1"])
+    assert f1["pseudo"] >= f1["supervised"] + 0.05, f1

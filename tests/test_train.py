@@ -12,7 +12,6 @@ import torch
 import torch.multiprocessing as mp
 from toy_db import make_toy_db
 
-import test_val_aff2
 import train
 from app import checkpoints, training, validation
 from app.inference import db_track_source, fill_faceless, predict_source
@@ -303,23 +302,21 @@ def demo_args_file() -> Path:
 
 @pytest.mark.slow
 def test_learns_the_mini_dataset(demo_db, tmp_path):
-    """The demo's CPU run must score far above chance on the validation videos, as test_val_aff2.py scores it."""
-    db, annotations = demo_db
+    """The demo's CPU run must score far above chance on the validation videos: the validation of its last epoch
+    (the demo's fixed 300 validation frames, through the inference path and decision rule of test_val_aff2.py,
+    official metrics; the full demo scores every frame with test_val_aff2.py itself)."""
+    db, _ = demo_db
     out = tmp_path / "run"
-    # The demo's flags, 24 of its 40 epochs and one validation (≈ 7 min on 2 cores). Measured on 2026-12-01:
-    # EXPR F1 0.74, valence CCC 0.74. Arousal (the sound's loudness and the face's jitter in the mini dataset)
-    # is learnt late and unevenly (0.05 to 0.47 at 24-28 epochs across runs), so it is not asserted here; the
-    # full demo's figures (README) cover it.
+    # The demo's flags, 24 of its 40 epochs and one validation (≈ 8 min on 2 cores). Measured on 2026-12-01
+    # (every validation frame): EXPR F1 0.74, valence CCC 0.74; at 16 epochs EXPR F1 0.56, valence 0.59, so 24.
+    # Arousal (the sound's loudness and the face's jitter in the mini dataset) is learnt late and unevenly (0.05 to
+    # 0.47 at 24-28 epochs across runs), so it is not asserted here; the full demo's figures (README) cover it.
     assert train.main([f"@{demo_args_file()}", "--db", str(db), "--output-dir", str(out), "--no-progress",
                        "--epochs", "24", "--eval-every", "24"]) == 0
-    pred = tmp_path / "pred"
-    assert test_val_aff2.main(["--checkpoint", str(out / "best.pth"), "--db", str(db), "--split", "val",
-                               "--edition", "abaw2021", "--annotations", str(annotations), "--out", str(pred),
-                               "--workers", "1"]) == 0  # 0: the submission checker found no problem
-    scores = json.loads((pred / "scores.json").read_text())  # what evaluate.py would print (NaN: null)
-    expr_f1, valence = scores["expr"]["f1"], scores["va"]["ccc_valence"]
-    assert expr_f1 is not None and expr_f1 >= 0.6, scores
-    assert valence is not None and valence >= 0.5, scores
+    with open(out / "log.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    expr_f1, valence = float(last["expr_f1"]), float(last["ccc_valence"])
+    assert expr_f1 >= 0.6 and valence >= 0.5, last
 
 
 def old_run(out: Path) -> dict[str, bytes]:

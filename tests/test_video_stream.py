@@ -250,3 +250,19 @@ def test_the_video_and_checkpoint_cannot_be_replaced(ckpt, tmp_path, capsys):
     os.symlink(ckpt, link)  # only the link is replaced: the checkpoint it points to is safe
     assert run_video(link, src, link.parent) == 0
     assert not link.exists() and ckpt.exists()
+
+
+def test_the_report_of_an_expression_only_model_leaves_the_va_and_au_cells_out(tmp_path):
+    """A layout without VA or AU (e.g. expr8, lsd): empty VA cells, no AU columns, a timeline without them."""
+    from app import video_report
+
+    n, names = 5, ("Neutral", "Anger", "Happiness")
+    prob = np.eye(3)[[0, 1, 2, 2, 0]].astype(np.float32)
+    preds, decisions = {"expr_prob": prob}, {"EXPR": prob.argmax(1)}
+    times, face = np.arange(n) / 30, np.ones(n, bool)
+    path = video_report.write_frame_csv(tmp_path / "v.csv", times, face, np.ones(n), preds, decisions, names, ())
+    rows = path.read_text().splitlines()
+    assert rows[0].endswith("valence,arousal,expression,p_Neutral,p_Anger,p_Happiness")
+    assert rows[2].split(",")[6:] == ["", "", "Anger", "0.0000", "1.0000", "0.0000"]
+    png = video_report.plot_timeline(tmp_path / "t.png", times, face, preds, decisions, names, ())
+    assert png.stat().st_size > 0
