@@ -45,6 +45,22 @@ def mini_quick(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mini_quick_extras(tmp_path_factory) -> Path:
+    """A quick mini dataset generated from nothing with both opt-in sets in one command (``--lsd --lsd-per-class 20
+    --unlabelled-faces 60``), shared by the tests of the two options."""
+    import contextlib
+    import io
+
+    from tools.synthetic.cli import main
+
+    out = tmp_path_factory.mktemp("mini_quick_extras")
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["--out", str(out), "--seed", "0", "--quick", "--lsd", "--lsd-per-class", "20",
+              "--unlabelled-faces", "60"])
+    return out
+
+
+@pytest.fixture(scope="session")
 def toy(tmp_path_factory) -> Path:
     return make_toy_db(tmp_path_factory.mktemp("toy") / "db")
 

@@ -46,11 +46,9 @@ def mtimes(root: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory) -> Path:
+def fresh(mini_quick_extras) -> Path:
     """A quick dataset generated from nothing with the pool and, in the same command, a small LSD set."""
-    out = tmp_path_factory.mktemp("unlabelled_fresh")
-    run(out, "--lsd", "--lsd-per-class", "5")
-    return out
+    return mini_quick_extras
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +106,7 @@ def test_without_the_flag_only_the_options_paths_differ(fresh, mini_quick):
     assert not any((mini_quick / p).exists() for p in POOL)  # the session's dataset was made without the flag
     assert digests(fresh, skip=(*POOL, "lsd")) == digests(mini_quick)
     assert (fresh / "lsd" / "meta.json").is_file()  # --lsd in the same command
-    assert json.loads((fresh / "lsd" / "meta.json").read_text())["per_class"] == 5
+    assert json.loads((fresh / "lsd" / "meta.json").read_text())["per_class"] == 20
 
 
 def test_same_seed_same_bytes(fresh, added):
