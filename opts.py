@@ -327,6 +327,10 @@ def train_parser() -> argparse.ArgumentParser:
                    help="pseudo_label: a folder of aligned face images to pseudo-label too (repeatable; flat, or "
                    "class folders whose names are only used to measure precision); training frames without an "
                    "EXPR label are always in the pool")
+    g.add_argument("--unlabelled-align", action="store_true",
+                   help="pseudo_label: the --unlabelled images are photos, not aligned crops: find the face in each "
+                   "(dlib HOG, the 68 landmarks) and align it to the 112 px template as create_database.py does, once "
+                   "when the pool is built; images without a face are left out")
     g.add_argument("--unlabelled-truth", default=None,
                    help="pseudo_label: JSON of the --unlabelled images' hidden classes, for the precision columns of "
                    "log.csv only (e.g. the mini dataset's unlabelled_faces_truth.json)")

@@ -6,7 +6,8 @@ frames that Ada-CM's thresholds are made from.
   invalid for training and are kept apart as hidden truth (pseudo-label precision, never a training label).
 - ``build_pool``: the training frames without a valid EXPR label (``data.unlabelled.unlabelled_frames``: a
   face, no label, never a frame whose EXPR labels belong to another split) and every ``--unlabelled DIR`` of
-  aligned faces (``--unlabelled-truth FILE``: their hidden classes, e.g. the mini dataset's truth file).
+  aligned faces, or of photos aligned once here with ``--unlabelled-align`` (``--unlabelled-truth FILE``: their
+  hidden classes, e.g. the mini dataset's truth file).
 - ``UnlabelledStream``: ``--mu`` × batch size unlabelled faces per labelled batch; batch k of the run (k =
   epoch × batches per epoch + i) draws from (seed, k) only, so any worker count and a resumed run (resumes
   start at an epoch) see the same faces and views.
@@ -78,7 +79,8 @@ def build_pool(args: argparse.Namespace, train: ClipDataset, hidden: np.ndarray,
         pools.append(UnlabelledFaces.from_clip_dataset(train, frames, hidden[frames], **views))
     truth = read_truth(args.unlabelled_truth, layout.expr_names) if args.unlabelled_truth else None
     for folder in args.unlabelled or []:
-        pools.append(UnlabelledFaces.from_folder(folder, args.size, layout.expr_names, truth, **views))
+        pools.append(UnlabelledFaces.from_folder(folder, args.size, layout.expr_names, truth,
+                                                 align=args.unlabelled_align, **views))
     if not pools:
         raise DatasetError("--ssl pseudo_label: no unlabelled face (every training frame has an EXPR label and no "
                            "--unlabelled folder was given)")

@@ -10,7 +10,8 @@ A pool is a list of sources, each a sequence of face images read by its eval vie
 - ``FolderFaces``: every image of a folder, flat or with class folders (matched to the class names by their
   first three letters, case-free, as ``data.lsd`` does; loose images beside them have no class), resized to
   S×S. The class (or a given ``truth`` mapping) is the hidden truth: carried for pseudo-label precision, never
-  a training label.
+  a training label. Photos that are not aligned crops are aligned once when the pool is built (``align``:
+  create_database.py's detector, landmarks and template), faceless ones left out.
 
 ``UnlabelledFaces`` numbers the pool's images 0..N−1 (uid: the sources in order, each in its own order, so a
 uid is stable for the same sources) and serves key (uid, seed) as ``{'weak', 'strong': uint8 3×S×S, 'uid',
@@ -30,8 +31,11 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
 
+from data.align import five_points, similarity_to_template, warp_face
 from data.clips import ClipDataset, DatasetError
+from data.faces import DlibBackend
 from data.lsd import IMAGE_SUFFIXES, PREFIX, LsdError, read_rgb, square
 from data.reader import open_store
 from data.strong_aug import CUTOUT, MAGNITUDE_SCALE, WEAK_CROP, strong_view, weak_view
@@ -151,12 +155,20 @@ class FolderFaces:
     """Every image of a folder (``folder_images``), resized to ``size`` (area interpolation).
 
     ``truth``: {image path relative to the folder ('/'-separated): class} for a flat folder whose classes are
-    kept apart (e.g. a generator's truth file); it overrides the class folders' classes."""
+    kept apart (e.g. a generator's truth file); it overrides the class folders' classes.
+    ``align``: the images are photos, not aligned crops: each is aligned once here as create_database.py aligns
+    video frames (dlib ``detector``, the 68 landmarks, the 5-point similarity to the 112×112 template); the
+    pool keeps each image's matrix (6 numbers) and warps the image with it when served; an image where no face
+    is found is left out (``skipped``)."""
 
     def __init__(self, root: str | Path, size: int, classes: Sequence[str] = EXPR_NAMES_8,
-                 truth: Mapping[str, int] | None = None) -> None:
+                 truth: Mapping[str, int] | None = None, align: bool = False, detector: str = "hog") -> None:
         self.root, self.size = Path(root), size
         self.items = folder_images(self.root, classes)
+        self.matrices: np.ndarray | None = None
+        self.skipped: list[str] = []
+        if align:
+            self._align(detector)
         names = self.names()
         if truth is not None:
             unknown = sorted(set(truth) - set(names))
@@ -171,15 +183,38 @@ class FolderFaces:
     def names(self) -> list[str]:
         return [p.relative_to(self.root).as_posix() for p, _ in self.items]
 
-    def image(self, i: int) -> torch.Tensor:
+    def _align(self, detector: str) -> None:
+        """One face per image (the detector's best), its alignment matrix; images without a face dropped."""
+        backend = DlibBackend(detector)
+        kept, matrices = [], []
+        for path, k in tqdm(self.items, desc=f"aligning {self.root.name}", unit="image", dynamic_ncols=True):
+            rgb = self._read(path)
+            found = backend.detect(rgb)
+            if not found:
+                self.skipped.append(path.relative_to(self.root).as_posix())
+                continue
+            kept.append((path, k))
+            matrices.append(similarity_to_template(five_points(backend.landmarks(rgb, found[0].box))))
+        if not kept:
+            raise DatasetError(f"{self.root}: no face found in any of its {len(self.items)} images")
+        self.items, self.matrices = kept, np.stack(matrices).astype(np.float64)
+
+    @staticmethod
+    def _read(path: Path) -> np.ndarray:
         try:
-            rgb = read_rgb(self.items[i][0])
+            return read_rgb(path)
         except LsdError as e:
             raise DatasetError(str(e)) from None
+
+    def image(self, i: int) -> torch.Tensor:
+        rgb = self._read(self.items[i][0])
+        if self.matrices is not None:
+            rgb = warp_face(np.ascontiguousarray(rgb), self.matrices[i])
         return torch.from_numpy(np.ascontiguousarray(square(rgb, self.size).transpose(2, 0, 1)))
 
     def describe(self) -> str:
-        return f"{len(self)} images of {self.root}"
+        aligned = f" (aligned here; {len(self.skipped)} without a face left out)" if self.matrices is not None else ""
+        return f"{len(self)} images of {self.root}{aligned}"
 
 
 # --- the pool --------------------------------------------------------------------------------------------------
@@ -212,9 +247,9 @@ class UnlabelledFaces(Dataset):
 
     @classmethod
     def from_folder(cls, root: str | Path, size: int, classes: Sequence[str] = EXPR_NAMES_8,
-                    truth: Mapping[str, int] | None = None, **views) -> UnlabelledFaces:
-        """Every image of a folder (``FolderFaces``)."""
-        return cls([FolderFaces(root, size, classes, truth)], **views)
+                    truth: Mapping[str, int] | None = None, align: bool = False, **views) -> UnlabelledFaces:
+        """Every image of a folder (``FolderFaces``; ``align``: photos aligned here)."""
+        return cls([FolderFaces(root, size, classes, truth, align)], **views)
 
     def __add__(self, other: UnlabelledFaces) -> UnlabelledFaces:
         """The two pools' sources in order (this one's uids kept, the other's after them), this one's settings."""

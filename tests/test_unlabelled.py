@@ -186,3 +186,29 @@ def test_the_sampler_resumes_with_the_draws_of_the_uninterrupted_run():
     assert sorted(ranks[0] + ranks[1]) == sorted(run[2])
     small = UnlabelledSampler(3, per_step=8, seed=0).draws(0)  # a pool smaller than a step: with replacement
     assert len(small) == 8 and {u for u, _ in small} <= {0, 1, 2}
+
+
+def test_photos_are_aligned_once_like_the_database_frames_and_faceless_ones_left_out(tmp_path):
+    """Rendered frames of a mini-dataset video (a face somewhere in a 480×270 picture) → the pool's image is the
+    face aligned to the 112 px template, close to the crop made from the true landmarks; a picture without a face
+    is left out."""
+    from tools.synthetic import align_crop, background, plan_video, render_frame, video_specs
+
+    spec = video_specs(quick=True)[0]
+    job = plan_video(spec, 0, tmp_path / "unused")
+    bg = background(job)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    truth_crops = []
+    for k in (0, 20, 40):
+        rgb, placed = render_frame(job, bg, k)
+        cv2.imwrite(str(folder / f"frame{k:02d}.png"), rgb[:, :, ::-1])
+        truth_crops.append(align_crop(rgb, placed[0][1]))
+    cv2.imwrite(str(folder / "zz_empty.png"), np.full((270, 480, 3), 128, np.uint8))
+    pool = UnlabelledFaces.from_folder(folder, 112, align=True)
+    assert len(pool) == 3 and pool.sources[0].skipped == ["zz_empty.png"]
+    assert "1 without a face left out" in pool.describe()
+    for uid, want in enumerate(truth_crops):
+        got = pool[uid]["weak"].permute(1, 2, 0).numpy().astype(np.float32)  # a plain uid: the eval image
+        face = np.s_[20:100, 20:92]  # inside the face, where the background does not show
+        assert np.abs(got[face] - want[face].astype(np.float32)).mean() < 12, uid  # aligned ≈ 4; 8 px off ≈ 25
