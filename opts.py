@@ -10,12 +10,22 @@ import argparse
 import re
 
 import tasks
+from opts_types import (  # noqa: F401 (the argparse types, also read as opts._number etc.)
+    _amount,
+    _count,
+    _factor_spread,
+    _number,
+    _positive,
+    _positive_float,
+    _positive_int,
+    _probability,
+)
 
 EDITIONS = tuple(tasks.EDITIONS)
 # Names of the model families, semi-supervised methods and decision profiles (models.registry.MODELS,
 # models.ssl.METHODS, utils.outputs.PROFILES);
 # spelled here so that parsing flags imports no torch.
-MODELS = ("tsav", "mtmt", "resnet18", "resnet50", "emma", "cotex")
+MODELS = ("tsav", "mtmt", "resnet18", "resnet50", "emma", "cotex", "cnu")
 # sizes of the families that have several (models.emma.VARIANTS, models.cotex.SIZES)
 MODEL_SIZES = ("base", "small", "tiny")
 LOSSES = ("ours", "emma")  # models.losses.LOSS_KINDS
@@ -66,26 +76,6 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    "image per line (video/00001.jpg). A list is for the task its file name names "
                    "(VA/valence, EXPR/expression, AU/action), else for every task")
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
-
-
-def _positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not x > 0 or x == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return x
 
 
 def _shard_spec(text: str) -> tuple[int, int]:
@@ -165,35 +155,6 @@ def _args_of_line(line: str) -> list[str]:
     return line.split("#", 1)[0].split()
 
 
-def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False,
-            high_open: bool = False):
-    """An argparse type: a finite ``kind`` (int or float) within [low, high] ('open' ends excluded)."""
-    lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-    hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-    want = f"{'an integer' if kind is int else 'a number'} {' and '.join(filter(None, (lo, hi)))}".strip()
-
-    def parse(text: str):
-        try:
-            x = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
-        finite = x == x and abs(x) != float("inf")
-        too_low = low is not None and (x <= low if low_open else x < low)
-        too_high = high is not None and (x >= high if high_open else x > high)
-        if not finite or too_low or too_high:
-            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
-        return x
-
-    return parse
-
-
-_count = _number(int, 0)  # 0 has a meaning (off / automatic) for these flags
-_amount = _number(float, 0.0)
-_positive = _number(float, 0.0, low_open=True)
-_factor_spread = _number(float, 0.0, 1.0, high_open=True)  # factors in [1-x, 1+x] must stay positive
-_probability = _number(float, 0.0, 1.0)
-
-
 def _task_weights(text: str) -> str:
     """argparse type of --task-weights: checked here, kept as text (app.training parses it again)."""
     try:
@@ -230,8 +191,12 @@ def train_parser() -> argparse.ArgumentParser:
                    help="which stored mask is the 4th input channel (the database must hold it)")
     g.add_argument("--size", type=_positive_int, default=None,
                    help="frame height and width in pixels (default: the model's own, 112; emma 224)")
-    g.add_argument("--clip-len", type=_positive_int, default=8, help="frames per clip (the labelled frame last)")
-    g.add_argument("--dilation", type=_positive_int, default=6, help="spacing of the clip's frames, in source frames")
+    g.add_argument("--clip-len", type=_positive_int, default=None,
+                   help="frames per clip or block, the labelled frame last (default: the model's own: tsav/mtmt 8, "
+                   "cnu 16, frame models 1)")
+    g.add_argument("--dilation", type=_positive_int, default=None,
+                   help="spacing of the clip's frames, in source frames (default: the model's own: tsav/mtmt 6, else "
+                   "1; cnu's blocks take the selected frames, gaps skipped, and ignore it)")
     g.add_argument("--audio-seconds", type=_positive, default=10.0, help="length of the centred log-mel window")
     g.add_argument("--audio-window", default="centred", choices=("centred", "reference"),
                    help="centred: a slice of the video's log-mel centred on the frame (ours); reference: TSAV's "
@@ -244,7 +209,11 @@ def train_parser() -> argparse.ArgumentParser:
                    help="clips per epoch as a fraction of the candidate frames (MTMT: 1 %%)")
     g.add_argument("--balance-tasks", action="store_true",
                    help="draw so that each task's labelled frames get the same total weight")
-    g.add_argument("--balance-expr", action="store_true", help="draw EXPR classes equally often")
+    g.add_argument("--balance-expr", nargs="?", const="weights", default=None, choices=("weights", "max"),
+                   help="draw EXPR classes equally often: weights (bare flag) = per-frame draw weights, with "
+                   "replacement; max = class by class in turn (draw k from class k mod C, each class's frames "
+                   "shuffled and cycled), an epoch = the largest class count x C unless --samples-per-epoch "
+                   "(CNU_ADL's class-balanced generator)")
     g.add_argument("--label-fraction", type=_number(float, 0.0, 1.0, low_open=True), default=1.0,
                    help="keep this seeded fraction of the training EXPR labels (e.g. 0.05); the others are hidden "
                    "(unlabelled frames for --ssl pseudo_label, their classes only measure pseudo-label precision)")
@@ -288,6 +257,19 @@ def train_parser() -> argparse.ArgumentParser:
                    "for other models")
     g.add_argument("--peers", type=_positive_int, default=None,
                    help="cotex: number of co-trained ViTs (default the published 2); an error for other models")
+    g.add_argument("--cnu-stage", default=None, choices=("joint", "face", "block"),
+                   help="cnu: joint = face network and block heads end to end (default); face = the face network "
+                   "alone on one frame (--layout expr7 --clip-len 1; CNU_ADL's first stage); block = the face network "
+                   "frozen (from --backbone-init, e.g. the face stage's best.pth), only the block heads learn")
+    g.add_argument("--cnu-lstm", action="store_true", default=None,
+                   help="cnu: add the 2-layer BiLSTM-1024 over the block's softmax to the head inputs (+2,048)")
+    g.add_argument("--no-history-grad", dest="history_grad", action="store_false", default=None,
+                   help="cnu: the block's T - 1 earlier frames without gradient (the current frame keeps it)")
+    g.add_argument("--no-face-freeze", dest="freeze_below_layer3", action="store_false", default=None,
+                   help="cnu: train the face network's layers before conv4_x too (published: frozen; a face network "
+                   "from scratch needs them)")
+    g.add_argument("--face-lr-scale", type=_amount, default=None,
+                   help="cnu: the face network's lr = --lr x this (default 1)")
     g.add_argument("--mask-ratio", type=_number(float, 0.0, 1.0, high_open=True), default=None,
                    help="cotex: share of patch tokens each peer drops in training, its own random subset per "
                    "image (timm's patch dropout; default 0 as the shipped script, the paper masks most patches, "
@@ -300,6 +282,9 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--task-weights", type=_task_weights, default="",
                    help="supervised (and consistency) task weights, e.g. expr=3,au=1,va=1; tasks not named keep "
                    "the --loss default (ours: expr=3,au=1,va=1; emma: 1/1/1)")
+    g.add_argument("--aux-weight", type=_amount, default=None,
+                   help="cnu: weight of the auxiliary VA head's MSE (its loss: CE + (1 - CCC) of valence and of "
+                   "arousal + this x MSE; default 1, CNU_ADL did not publish theirs); an error for other models")
     g.add_argument("--au-reduction", default="sum", choices=("sum", "mean"),
                    help="per-AU BCE terms summed over AUs (MTMT) or averaged (--loss ours only)")
     g.add_argument("--tsav-filter", action="store_true",
@@ -486,9 +471,11 @@ def test_parser() -> argparse.ArgumentParser:
                         "checkpoint: TSAV's per-frame mel of the waveform)")
     p.add_argument("--au-threshold", type=_probability, default=0.5,
                    help="AU probability threshold for 0/1 outputs (0 to 1)")
-    p.add_argument("--faceless", choices=("model", "fill"), default="model",
-                   help="frames without a face: the model's own prediction from context (and audio), or fill them "
-                   "from the nearest face frames (VA interpolated, EXPR/AU held)")
+    p.add_argument("--faceless", choices=("model", "fill", "hold"), default="model",
+                   help="frames without a face: model = the model's own prediction from context (and audio; a "
+                   "model of blocks of face frames, e.g. cnu, holds the last face frame's); fill = VA interpolated "
+                   "between face frames, EXPR/AU from the nearest face frame; hold = VA interpolated, EXPR/AU held "
+                   "from the last face frame before (the first face frame's before any): CNU_ADL's post-processing")
     p.add_argument("--no-raw", action="store_true", help="do not save per-frame raw outputs (.npz)")
     p.add_argument("--video", default=None,
                    help="predict this one video file instead of a database split (any video, any source)")

@@ -178,6 +178,9 @@ LAYOUTS: dict[str, OutputLayout] = {
     "expr8": OutputLayout("expr8", ("expr",), 8, EXPR_NAMES_8, edition="abaw5"),
     # CoTEX (ABAW4 LSD): 6 class logits, Anger ... Surprise.
     "lsd": OutputLayout("lsd", ("expr",), 6, EXPR_NAMES_6, edition="lsd"),
+    # CNU_ADL (ABAW 2020): 7 EXPR logits then valence, arousal (tanh); its face network alone: expression only.
+    "cnu": OutputLayout("cnu", ("expr", "va"), 7, EXPR_NAMES_7, edition="abaw2020"),
+    "expr7": OutputLayout("expr7", ("expr",), 7, EXPR_NAMES_7, edition="abaw2020"),
 }
 
 

@@ -68,7 +68,8 @@ def flag_problem(args: argparse.Namespace) -> str:
         return (f"--fuse-weights: {len(args.fuse_weights)} weight(s) for {len(args.fuse)} --fuse folders: "
                 "give one per folder")
     if args.smooth != 1 or args.faceless != "model":
-        return "--smooth and --faceless fill apply when raw outputs are written; the --fuse inputs already hold them"
+        return ("--smooth and --faceless fill/hold apply when raw outputs are written; the --fuse inputs already "
+                "hold them")
     return ""
 
 

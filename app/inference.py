@@ -17,6 +17,11 @@ the earlier frames where it was visible, and the audio — the model predicts fr
 exactly as the dataset trains it. Filling them from neighbouring face frames instead is an explicit
 option of the writers (``fill_faceless``).
 
+A model whose blocks are made of the track's selected frames (``InputSpec.block == 'selected'``, CNU_ADL) has
+no fixed history: ``predict_sources`` hands it to ``app.block_inference``, which runs the face network once per
+face frame and slides the block statistics over the cached outputs (its frames without a face hold the last
+face frame's scores).
+
 Per-frame scores (the contract with the writers): ``{"va": (n, 2) in [−1, 1], "expr_prob": (n, C),
 "au_prob": (n, K) in the layout's AU order, "logits": (n, L) raw}`` (the blocks the layout has).
 """
@@ -137,6 +142,8 @@ class ChunkFrames(Dataset):
 
     def needed_rows(self, c: Chunk) -> np.ndarray:
         """Rows of the chunk's array that some target's sample reads (row r = source frame c0 − H + r)."""
+        if self.spec.block == "selected":  # blocks of face frames (app.block_inference): every face frame is read
+            return np.arange(c.stop - c.start)
         rows = (c.targets[:, None] + self.history + self.spec.frame_offsets()[None]).reshape(-1)
         return np.unique(rows)
 
@@ -181,6 +188,11 @@ def predict_sources(model: nn.Module, sources: list[TrackSource], targets: list[
     order, one dict per source (see the module docstring). ``model`` is put in eval mode and restored."""
     device = torch.device(device)
     spec = model_input(model)
+    if spec.block == "selected":  # no fixed history: the face network once per face frame, blocks from a carry
+        from app.block_inference import predict_block_sources
+
+        return predict_block_sources(model, sources, targets, batch_size, chunk, workers, device, amp,
+                                     channels_last, flip_tta, progress)
     targets = targets if targets is not None else [None] * len(sources)
     chunks = plan_chunks(sources, targets, chunk)
     data = ChunkFrames(sources, spec, chunks)
@@ -294,18 +306,27 @@ def smooth(preds: dict[str, np.ndarray], window: int) -> dict[str, np.ndarray]:
     return out
 
 
-def fill_faceless(preds: dict[str, np.ndarray], face: np.ndarray) -> dict[str, np.ndarray]:
+FACELESS_RULES = ("fill", "hold")
+
+
+def fill_faceless(preds: dict[str, np.ndarray], face: np.ndarray, rule: str = "fill") -> dict[str, np.ndarray]:
     """Per-frame scores with the frames without a face replaced from the frames with one (an option of the
     writers; by default every frame keeps the model's own prediction): VA interpolated linearly between the
-    nearest face frames, the other scores held from the nearest face frame (the earlier one on a tie). A
-    track without any face keeps the model's output."""
+    nearest face frames (held at the ends), the other scores held from the nearest face frame (``rule``
+    'fill'; the earlier one on a tie) or from the last face frame before, the first face frame's before any
+    ('hold': CNU_ADL's published post-processing). A track without any face keeps the model's output."""
+    if rule not in FACELESS_RULES:
+        raise ValueError(f"faceless rule must be one of {FACELESS_RULES}, got {rule!r}")
     have = np.flatnonzero(face)
     if len(have) == 0 or len(have) == len(face):
         return preds
     frames = np.arange(len(face))
-    after = np.clip(np.searchsorted(have, frames), 0, len(have) - 1)
-    before = np.clip(after - 1, 0, len(have) - 1)
-    nearest = np.where(np.abs(have[before] - frames) <= np.abs(have[after] - frames), have[before], have[after])
+    if rule == "hold":
+        nearest = have[np.clip(np.searchsorted(have, frames, side="right") - 1, 0, None)]
+    else:
+        after = np.clip(np.searchsorted(have, frames), 0, len(have) - 1)
+        before = np.clip(after - 1, 0, len(have) - 1)
+        nearest = np.where(np.abs(have[before] - frames) <= np.abs(have[after] - frames), have[before], have[after])
     out = {k: v[nearest] for k, v in preds.items() if k != "va"}
     if "va" in preds:
         out["va"] = np.stack([np.interp(frames, have, preds["va"][have, d]) for d in range(2)], axis=1)

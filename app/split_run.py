@@ -4,8 +4,8 @@ Every frame goes through the one inference path (``app.inference``: batched samp
 each crop decoded once), the model's decision profile maps its scores to the edition's outputs
 (``utils.outputs.decide``), and the edition's submission files are written together with the raw per-frame
 scores, checked with the submission checker, and on val scored with the official metrics. Frames without
-a face keep the model's own prediction unless ``--faceless fill``. Track names from the database become
-file names only after ``utils.paths.safe_component`` accepted them.
+a face keep the model's own prediction unless ``--faceless fill`` or ``hold`` (``inference.fill_faceless``).
+Track names from the database become file names only after ``utils.paths.safe_component`` accepted them.
 
 Formats (``--format``, 'auto' = the edition's own): per-video folders (2020–2022), one file per task (2023+),
 or one multi-task file (``submission/MTL_predictions.txt``, abaw4): its rows are the images the split lists
@@ -106,9 +106,9 @@ def served_tasks(wanted: dict[str, list[str]], layout: OutputLayout) -> dict[str
 
 
 def post_process(preds: dict[str, np.ndarray], face: np.ndarray, args: argparse.Namespace) -> dict[str, np.ndarray]:
-    """The writers' options on per-frame scores: ``--faceless fill``, then ``--smooth``."""
-    if args.faceless == "fill":
-        preds = inference.fill_faceless(preds, face)
+    """The writers' options on per-frame scores: ``--faceless fill|hold``, then ``--smooth``."""
+    if args.faceless in inference.FACELESS_RULES:
+        preds = inference.fill_faceless(preds, face, args.faceless)
     return inference.smooth(preds, args.smooth)
 
 

@@ -8,7 +8,8 @@ per-step schedule) → the method's step (e.g. the EMA teacher). After every epo
 (student, or the teacher with ``--select teacher``) is validated with the edition's official metrics
 through the inference path of test_val_aff2.py (``app.validation``), and that same model's weights are
 what ``best.pth`` and ``last.pth`` store under "model", so the score in a file is the score of the weights
-in it. ``last.pth`` also holds everything a resume needs (``app.checkpoints``).
+in it. ``last.pth`` also holds everything a resume needs (``app.checkpoints``). The flags → datasets, sampler,
+model and loss step is ``app.train_setup``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import functools
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,20 +33,26 @@ from app.checkpoints import TrainState, checkpoint, plain, read_resume, save_ato
 from app.inference import autocast, progress_bar
 from app.lsd_run import evaluate_images
 from app.train_log import EpochLog, epoch_row
+from app.train_setup import (  # noqa: F401 (input_spec, init_weights: re-exported for callers of app.training)
+    init_weights,
+    input_spec,
+    make_datasets,
+    make_model,
+    make_sampler,
+    model_loss,
+    resolve,
+)
 from app.unlabelled_run import UnlabelledStream, build_pool, hide_labels, labelled_pass
 from app.validation import evaluate, precise_bn
-from data.clips import Augment, ClipDataset, DatasetError
+from data.clips import ClipDataset, DatasetError
 from data.lsd import LsdError, LsdImages
-from data.sampling import EpochSampler, sampling_weights, validation_indices
+from data.sampling import EpochSampler
 from models.base import prepare_inputs, unwrap_model
 from models.losses import MultiTaskLoss
-from models.registry import build_model, default_size, input_kind, load_model
 from models.ssl import METHODS, Supervised, build_method
-from models.tsav_weights import init_backbones_from
 from tasks import Edition, OutputLayout, get_edition, get_layout, layout_au_columns, parse_task_weights
 from utils import dist, run_dir
 from utils.checkpoint import CheckpointError
-from utils.inputs import InputSpec
 from utils.optim import (
     GradientStep,
     build_optimizer,
@@ -57,111 +63,6 @@ from utils.optim import (
     restore_optimizer,
     schedule_from_args,
 )
-
-# ---------------------------------------------------------------------------------------------------
-# Set-up
-
-
-def resolve(args: argparse.Namespace, device: torch.device) -> argparse.Namespace:
-    """Fill the 'auto' choices that depend on other flags or on the device."""
-    args = argparse.Namespace(**vars(args))
-    if args.lsd:  # the LSD image folders: 6 classes, scored by the lsd edition
-        if args.edition not in (None, "lsd"):
-            raise ValueError(f"--lsd trains and validates the 6 LSD classes (edition lsd), not --edition "
-                             f"{args.edition}")
-        if args.precise_bn:
-            raise ValueError("--precise-bn re-estimates BatchNorm statistics on database clips; not with --lsd")
-        args.layout, args.edition = "lsd", "lsd"
-    if (args.model == "cotex") != (args.ssl == "cotex"):
-        raise ValueError("--model cotex trains with --ssl cotex (its peers' co-training loss), and --ssl cotex needs "
-                         f"--model cotex (got --model {args.model} --ssl {args.ssl})")
-    if args.ssl == "pseudo_label" and input_kind(args.model) != "frame":
-        raise ValueError(f"--ssl pseudo_label pseudo-labels the faces of a frame model (resnet18, resnet50, emma), "
-                         f"not {args.model}")
-    if args.edition is None:
-        args.edition = get_layout(args.layout).edition
-    if args.size is None:
-        args.size = default_size(args.model)
-    if args.select == "auto":
-        args.select = METHODS[args.ssl].select_for(args)
-    if args.select == "teacher" and not METHODS[args.ssl].has_teacher(args):
-        raise ValueError(f"--select teacher needs a method with a teacher (--ssl mean_teacher, or pseudo_label with "
-                         f"--pl-teacher ema), not {args.ssl}")
-    if args.progress is None:
-        args.progress = sys.stderr.isatty()
-    if args.amp == "auto":
-        args.amp = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
-    if args.amp != "none" and device.type != "cuda":
-        raise ValueError(f"--amp {args.amp} needs a CUDA device (this run is on {device})")
-    return args
-
-
-def input_spec(args: argparse.Namespace) -> InputSpec:
-    """The input the model will declare, from the geometry flags and its family's input kind."""
-    kind = input_kind(args.model)
-    if kind == "frame":
-        return InputSpec.frame(size=args.size, mask=None)
-    if kind == "frame_block":
-        return InputSpec.frame_block(args.clip_len, size=args.size, dilation=args.dilation)
-    return InputSpec(clip_len=args.clip_len, dilation=args.dilation, size=args.size, mask=args.mask,
-                     audio_seconds=args.audio_seconds, audio_window=args.audio_window)
-
-
-def make_datasets(args: argparse.Namespace, layout: OutputLayout) -> tuple[ClipDataset, ClipDataset, np.ndarray]:
-    """Train and validation datasets and the validation frames (images with --lsd); every data problem is raised
-    here."""
-    if args.lsd:  # the published view: crop and flip drawn per image (no colour jitter)
-        train = LsdImages(args.lsd, "train", args.size, flip=args.flip)
-        val = LsdImages(args.lsd, "val", args.size)
-        return train, val, validation_indices(val, args.val_samples, args.seed)
-    spec = input_spec(args)
-    augment = Augment(flip=args.flip, brightness=args.jitter, contrast=args.jitter, saturation=args.jitter,
-                      hue=args.hue, teacher=METHODS[args.ssl].teacher_view, teacher_jitter=args.teacher_jitter)
-    train = ClipDataset(args.db, "train", layout, spec, augment)
-    val = ClipDataset(args.db, "val", layout, spec)
-    return train, val, validation_indices(val, args.val_samples, args.seed)
-
-
-def make_sampler(args: argparse.Namespace, train: ClipDataset, info: dist.DistInfo) -> EpochSampler:
-    # Unless the method learns from them, frames without any label teach nothing: draw only labelled ones.
-    weights = sampling_weights(train, args.balance_tasks, args.balance_expr,
-                               labelled_only=not METHODS[args.ssl].uses_unlabelled)
-    n = args.samples_per_epoch or max(args.batch_size * info.world_size,
-                                      int(round(args.epoch_fraction * int((weights > 0).sum()))))
-    return EpochSampler(weights, n, args.seed, info.rank, info.world_size)
-
-
-def make_model(args: argparse.Namespace, layout: OutputLayout, log) -> nn.Module:
-    """A fresh model as the model flags say (size, initial weights; EMMA's DAN BatchNorm mode, layer decay and
-    drop-path; CoTEX's peers and mask ratio)."""
-    options = {}
-    for flag, key, models in (("--dan-bn", "dan_bn", ("emma",)), ("--layer-decay", "layer_decay", ("emma", "cotex")),
-                              ("--drop-path", "drop_path", ("emma", "cotex")), ("--peers", "peers", ("cotex",)),
-                              ("--mask-ratio", "mask_ratio", ("cotex",))):
-        value = getattr(args, key)
-        if value is None:
-            continue
-        if args.model not in models:
-            raise ValueError(f"{flag} is for {' and '.join(models)}, not {args.model}")
-        options[key] = value
-    model = build_model(args.model, layout, args.dropout, input_spec(args), args.video_init, args.audio_init,
-                        args.backbone_init, dan_init=args.dan_init, variant=args.model_size, options=options)
-    if args.init_from:
-        init_weights(model, args.init_from, log)
-    return model
-
-
-def init_weights(model: nn.Module, path: str, log) -> None:
-    """Same architecture and layout: every weight; otherwise only the two streams (e.g. TSAV → MTMT)."""
-    source = load_model(path, trust_pickle=False)
-    if type(source) is type(model) and source.layout == model.layout:
-        model.load_state_dict(source.state_dict(), strict=True)
-        log(f"initialised every weight from {path}")
-        return
-    fresh = init_backbones_from(model, path)
-    log(f"initialised the audio and video streams from {path} ({type(source).__name__}, layout "
-        f"{source.layout.name}); heads{' and ' + str(len(fresh)) + ' stream tensors' if fresh else ''} stay fresh")
-
 
 # ---------------------------------------------------------------------------------------------------
 # Training
@@ -338,6 +239,7 @@ def setup(args: argparse.Namespace, info: dist.DistInfo) -> Run:
     steps_per_epoch = optimizer_steps_per_epoch(batches, args.accum_steps)
     resume = read_resume(args.resume, args, layout, METHODS[args.ssl]) if args.resume else None
     model = make_model(args, layout, log)
+    criterion = model_loss(args, model, criterion)
     if hasattr(model, "seed_views"):  # training views drawn on the device side: one seeded stream per rank
         model.seed_views(args.seed + info.rank)
     log(f"{args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), layout {layout.name}, "
@@ -435,7 +337,8 @@ def train(r: Run) -> dict:
     if info.is_main:
         run_dir.start_run_dir(out, args.overwrite, r.log)
         (out / "config.json").write_text(json.dumps(plain(vars(args)), indent=2) + "\n")
-        logger = EpochLog(out, args.tensorboard, r.method.log_fields + tuple(lr_columns(r.optimizer)))
+        logger = EpochLog(out, args.tensorboard, r.method.log_fields + getattr(r.criterion, "log_fields", ())
+                          + tuple(lr_columns(r.optimizer)))
     dist.barrier()  # the other ranks wait until rank 0 has cleared and created the folder
     loader = DataLoader(r.train_set, batch_size=args.batch_size, sampler=r.sampler, num_workers=args.workers,
                         pin_memory=info.device.type == "cuda", drop_last=True,

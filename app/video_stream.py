@@ -4,7 +4,9 @@ The frames are decoded, tracked and aligned by the database builder's own loop (
 and handed to ``StreamWriter`` one at a time; it renders the mask, shrinks the frame to the model's size and
 keeps only a rolling window: the current chunk of ``chunk`` frames plus the (T−1)·d frames of history its
 first samples need. Each full chunk is predicted at once (``app.inference.predict_chunk``, the same batches as
-the database path), so a crop lives for at most one chunk and its history.
+the database path), so a crop lives for at most one chunk and its history. A model of blocks of face frames
+(``InputSpec.block == 'selected'``, CNU_ADL) keeps no pixel history: each chunk goes to the same
+``app.block_inference.BlockStream`` as the database path, which carries the last face frames' outputs.
 
 What still grows with the length: the audio (decoded whole, 176 KB per second of sound, turned into the
 log-mel of 12.8 KB per second and freed before the frames are decoded; for a model whose spec asks for the
@@ -24,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from app import inference
+from app.block_inference import BlockStream
 from data import audio, masks, video
 from data.pcm import ReferenceWindows
 from data.reader import padded_mel
@@ -36,6 +39,7 @@ class RollingClips:
 
     The buffer holds the H = (T−1)·d frames before the chunk (zeros before the first frame) and the chunk,
     exactly the array ``inference.ChunkFrames`` builds from a whole track, so the outputs are the same.
+    A 'selected' block model (H = 0) hands each chunk and its face flags to a ``BlockStream`` instead.
     """
 
     def __init__(self, model: nn.Module, mel_db: np.ndarray | None, batch_size: int = 64,
@@ -50,6 +54,9 @@ class RollingClips:
         self.history = spec.history
         self.buffer = np.zeros((self.history + chunk, spec.size, spec.size, spec.channels), np.uint8)
         self.filled = 0  # frames of the current chunk in the buffer
+        self.face = np.zeros(chunk, bool)  # and whether each has a face
+        self.blocks = (BlockStream(model, batch_size, self.device, amp, channels_last, flip_tta)
+                       if spec.block == "selected" else None)
         self.centres: list[int] = []  # log-mel column of every frame so far
         self.times: list[float] = []  # and its time (the reference window is cut at the frame's own sample)
         self.reference = None
@@ -71,6 +78,7 @@ class RollingClips:
             self.buffer[row] = 0
         else:
             self.buffer[row] = frame
+        self.face[self.filled] = frame is not None
         self.centres.append(audio.centre_column(float(t)))
         self.times.append(float(t))
         self.filled += 1
@@ -79,6 +87,10 @@ class RollingClips:
 
     def _predict_chunk(self) -> None:
         if self.filled == 0:
+            return
+        if self.blocks is not None:
+            self.blocks.push_chunk(self.buffer[:self.filled], self.face[:self.filled])
+            self.filled = 0
             return
         host = torch.from_numpy(self.buffer[:self.history + self.filled].copy())
         centres = torch.as_tensor(self.centres[-self.filled:], device=self.device)
@@ -94,8 +106,10 @@ class RollingClips:
     def finish(self) -> dict[str, np.ndarray]:
         """Predict what is left; the scores of every frame pushed, in order (``app.inference`` contract)."""
         self._predict_chunk()
-        if not self.outputs:
+        if not self.times:
             raise ValueError("no frame was pushed")
+        if self.blocks is not None:
+            return self.blocks.finish()
         return {k: torch.cat(v).numpy() for k, v in self.outputs.items()}
 
 

@@ -68,3 +68,18 @@ def block_of(selected: np.ndarray, frame: int, length: int = BLOCK_LENGTH) -> np
     frames = np.flatnonzero(selected[: frame + 1])  # only the past matters: the block is causal
     pos = np.clip(np.arange(len(frames) - length, len(frames)), 0, None)
     return frames[pos].astype(np.int64)
+
+
+def causal_block(selected: np.ndarray, frame: int, length: int = BLOCK_LENGTH) -> np.ndarray:
+    """(length,) int64: the block of any frame — ``block_of`` for a selected one; for an unselected one (e.g. a
+    validation frame with only one of the two labels) the last ``length`` − 1 selected frames before it and the
+    frame itself, padded at the start with the block's first entry (the frame itself when nothing before it is
+    selected). Ours: the published blocks end only at selected frames."""
+    selected = np.asarray(selected, bool)
+    if not 0 <= frame < len(selected):
+        raise ValueError(f"frame {frame} outside the track's {len(selected)} frames")
+    if selected[frame]:
+        return block_of(selected, frame, length)
+    before = np.flatnonzero(selected[:frame])[-(length - 1):] if length > 1 else np.zeros(0, np.int64)
+    entries = np.concatenate([before, [frame]]).astype(np.int64)
+    return np.concatenate([np.full(length - len(entries), entries[0], np.int64), entries])

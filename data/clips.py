@@ -5,7 +5,9 @@ track with every task's label:
 
 - ``pixels``: uint8 frames i − (T−1)·d, …, i − d, i (causal, the labelled frame last; the dilation d counts
   source frames), RGB plus the mask channel when the spec has one, resized to S×S, laid out by input kind
-  (clip_audio C×T×S×S, frame C×S×S, frame_block T×C×S×S). A frame before the start of the track or
+  (clip_audio C×T×S×S, frame C×S×S, frame_block T×C×S×S; a 'selected' frame block holds the last T selected
+  frames instead, gaps skipped: ``data.blocks``, and training/validation select the frames with a face and the
+  layout's EXPR and VA labels, which are also the only samples). A frame before the start of the track or
   without a face is black (RGB and mask 0), like TSAV. The model's ``prepare`` hook makes network inputs
   of it on the device (scaling, jitter with the drawn factors, normalisation).
 - ``audio_db`` (clip_audio only): 1×64×W float16, the log-mel window (dB) centred on frame i's timestamp,
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data import store
+from data import blocks, store
 from data.pcm import missing_pcm_message, silent_windows, window_from_txn
 from data.reader import (
     audio_window_db,
@@ -60,7 +62,8 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Augment:
-    """Per-clip augmentation: one draw per clip, the same for all its frames; the mask is never jittered.
+    """Per-clip augmentation: one draw per clip, the same for all its frames (a 'selected' frame block: one draw
+    per frame, flip and jitter, as CNU_ADL augments); the mask is never jittered.
 
     Student: horizontal flip with probability ``flip`` and colour jitter (factors in [1 − x, 1 + x] for
     brightness/contrast/saturation, hue shift in [−hue, hue] of the colour circle). The teacher view
@@ -188,6 +191,16 @@ class ClipDataset(Dataset):
         lengths = np.array([len(t.face) for t in self.tracks])
         self.starts = np.concatenate([[0], np.cumsum(lengths)])
         self.labels = {k: np.concatenate(v) for k, v in labels.items()}
+        self.selected = self._selected_frames() if self.spec.block == "selected" else None
+
+    def _selected_frames(self) -> np.ndarray:
+        """(N,) bool, the frames 'selected' blocks are made of (``data.blocks.selected_frames``): with labels, a
+        face and a valid label of each of the layout's EXPR and VA; without (split None), every face frame."""
+        face = np.concatenate([t.face for t in self.tracks])
+        lab, everywhere = self.labels, np.ones(len(face), bool)
+        mode = "train" if self.split is not None and self.with_labels else "test"
+        return blocks.selected_frames(face, lab["expr_valid"] if self.layout.has("expr") else everywhere,
+                                      lab["va_valid"] if self.layout.has("va") else everywhere, mode)
 
     def _track_labels(self, db: store.Store, name: str, n: int, tasks: dict) -> dict[str, np.ndarray]:
         """Per-frame labels in the layout's order; tasks not in ``tasks`` are invalid everywhere."""
@@ -238,9 +251,11 @@ class ClipDataset(Dataset):
         return range(int(self.starts[t]), int(self.starts[t + 1]))
 
     def labelled(self) -> np.ndarray:
-        """(N,) bool: frames with at least one valid label."""
+        """(N,) bool: frames with at least one valid label (for 'selected' blocks: the selected frames among them,
+        what CNU_ADL trained and validated on)."""
         lab = self.labels
-        return lab["expr_valid"] | lab["au_valid"].any(axis=1) | lab["va_valid"]
+        out = lab["expr_valid"] | lab["au_valid"].any(axis=1) | lab["va_valid"]
+        return out & self.selected if self.selected is not None else out
 
     # --- per-process resources ----------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -274,8 +289,12 @@ class ClipDataset(Dataset):
         """T×112×112×C uint8 of the sample ending at ``frame`` (zeros for missing frames; C = 3 + mask)."""
         track = self.tracks[t]
         out = np.zeros((self.spec.clip_len, CROP, CROP, self.spec.channels), np.uint8)
-        rows = [(k, int(i)) for k, i in enumerate(frame + self.spec.frame_offsets())
-                if 0 <= i < len(track.face) and track.face[i]]
+        if self.selected is not None:  # the last selected frames, gaps skipped
+            sel = self.selected[self.starts[t]:self.starts[t + 1]]
+            frames = blocks.causal_block(sel, frame, self.spec.clip_len)
+        else:
+            frames = frame + self.spec.frame_offsets()
+        rows = [(k, int(i)) for k, i in enumerate(frames) if 0 <= i < len(track.face) and track.face[i]]
         with self.db.env.begin(buffers=True) as txn:
             read_frames(txn, track.name, rows, self.spec.mask, self.draw_mask, out, where=str(self.db_path))
         return out
@@ -287,12 +306,19 @@ class ClipDataset(Dataset):
         frames = self.raw_frames(t, frame)
         aug = self.augment
         rng = np.random.default_rng(seed) if seed is not None else None
-        if rng is not None and aug.flip and rng.random() < aug.flip:
+        per_frame = self.selected is not None  # CNU_ADL draws every frame of a block on its own
+        if rng is not None and aug.flip and per_frame:
+            for k in np.flatnonzero(rng.random(len(frames)) < aug.flip):
+                frames[k] = flip_frames(frames[k:k + 1], self.spec.mask)[0]
+        elif rng is not None and aug.flip and rng.random() < aug.flip:
             frames = flip_frames(frames, self.spec.mask)
         frames = resize_frames(frames, self.spec.size)
         sample = {PIXELS: pixels_layout(torch.from_numpy(frames), self.spec)}
-        jitter = (draw_jitter(rng, aug.brightness, aug.contrast, aug.saturation, aug.hue)
-                  if rng is not None else list(IDENTITY_JITTER))
+        def draw() -> list[float]:
+            return (draw_jitter(rng, aug.brightness, aug.contrast, aug.saturation, aug.hue) if rng is not None
+                    else list(IDENTITY_JITTER))
+
+        jitter = [draw() for _ in range(len(frames))] if per_frame else draw()  # (T, 4) or (4,)
         sample[JITTER] = torch.tensor(jitter, dtype=torch.float64)  # the drawn values, unrounded
         if aug.teacher:
             tj = draw_jitter(rng, aug.teacher_jitter, aug.teacher_jitter) if rng is not None else IDENTITY_JITTER

@@ -45,16 +45,23 @@ class EpochSampler(Sampler):
     """``num_samples`` (frame index, augmentation seed) pairs per epoch, a function of (seed, epoch) only.
 
     Uniform weights draw without replacement (each frame at most once per epoch, like MTMT's 1 %);
-    balanced weights draw with replacement. Under DDP each rank takes every world_size-th draw, so the
-    ranks see disjoint parts of one global draw. ``set_epoch`` before each epoch; the state to resume is
-    ``state_dict()``.
+    balanced weights draw with replacement; ``classes`` (per-frame class id, −1 = never) cycles through the
+    classes instead (``cycle_classes``; the weights are then unused). Under DDP each rank takes every
+    world_size-th draw, so the ranks see disjoint parts of one global draw. ``set_epoch`` before each epoch;
+    the state to resume is ``state_dict()``.
     """
 
     def __init__(self, weights: np.ndarray, num_samples: int, seed: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, classes: np.ndarray | None = None) -> None:
         weights = np.asarray(weights, np.float64)
         if num_samples < 1 or not (weights > 0).any():
             raise DatasetError("nothing to sample: no frame has a positive weight (no labels in this split?)")
+        # class cycle: draw k takes class k mod C of the present ones, each class's frames in fresh shuffles
+        self.members = None
+        if classes is not None:
+            self.members = [np.flatnonzero(classes == c) for c in np.unique(classes[classes >= 0])]
+        if self.members is not None and not self.members:
+            raise DatasetError("nothing to sample: no frame has a class to cycle through")
         self.p = weights / weights.sum()
         self.uniform = bool(np.allclose(self.p[self.p > 0], self.p[self.p > 0][0]))
         self.replace = not self.uniform or num_samples > int((self.p > 0).sum())
@@ -68,7 +75,10 @@ class EpochSampler(Sampler):
 
     def draws(self) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        index = rng.choice(len(self.p), size=self.total, replace=self.replace, p=self.p)
+        if self.members is not None:
+            index = cycle_classes(self.members, self.total, rng)
+        else:
+            index = rng.choice(len(self.p), size=self.total, replace=self.replace, p=self.p)
         seeds = rng.integers(0, 2**31 - 1, size=self.total)
         return index[self.rank::self.world_size], seeds[self.rank::self.world_size]
 
@@ -84,6 +94,23 @@ class EpochSampler(Sampler):
 
     def load_state_dict(self, state: dict) -> None:
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
+
+def cycle_classes(members: list[np.ndarray], total: int, rng: np.random.Generator) -> np.ndarray:
+    """``total`` frame indices: draw k from class k mod C (``members[c]``: its frames), each class walking through
+    shuffles of its frames, reshuffled whenever used up (CNU_ADL's class-balanced "max" generator)."""
+    per_class = -(-total // len(members))
+    columns = []
+    for frames in members:
+        rounds = -(-per_class // len(frames))
+        columns.append(np.concatenate([rng.permutation(frames) for _ in range(rounds)])[:per_class])
+    return np.stack(columns, axis=1).reshape(-1)[:total]
+
+
+def class_cycle_size(classes: np.ndarray) -> int:
+    """The epoch of the class cycle: the largest class's count × the number of classes present."""
+    counts = np.bincount(classes[classes >= 0])
+    return int(counts.max() * (counts > 0).sum())
 
 
 def validation_indices(dataset: ClipDataset, num: int | None = None, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,8 @@ A model of this codebase is an ``nn.Module`` that also declares
 - ``layout`` (``tasks.OutputLayout``): the meaning of its output columns;
 - ``decision`` (a ``utils.outputs`` profile name): how raw outputs become VA values, EXPR classes, AU 0/1;
 - optionally ``param_groups(base_lr)`` (``utils.optim``), ``regularization(out)`` (an extra loss term of
-  the model itself, e.g. MTMT's rank term) and ``to_channels_last()``.
+  the model itself, e.g. MTMT's rank term), ``make_loss(weights)`` (a supervised loss of its own instead of
+  ``models.losses.MultiTaskLoss``, e.g. CNU_ADL's with its auxiliary head) and ``to_channels_last()``.
 
 Nothing outside a model's own module knows the names of its inputs.
 """
@@ -40,6 +41,11 @@ class AffectModel(nn.Module):
 
     def regularization(self, out: Tensor | tuple) -> Tensor | None:
         """An extra loss term the model defines on its own outputs (None: none)."""
+        return None
+
+    def make_loss(self, weights: Mapping[str, float] | None = None) -> nn.Module | None:
+        """The supervised loss the model brings (criterion(outputs, targets, valid) → (total, parts), with a
+        ``weights`` dict), or None: the engine's ``MultiTaskLoss`` from the --loss flags."""
         return None
 
     def to_channels_last(self) -> AffectModel:

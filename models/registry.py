@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models import cotex, emma, frame_cnn, tsav, tsav_weights
+from models import cnu, cotex, emma, frame_cnn, tsav, tsav_weights
 from models.dan import load_dan
 from tasks import OutputLayout, get_layout, layout_for_num_outputs
 from utils.checkpoint import CheckpointError, check_keys, read_checkpoint, state_dict_of
@@ -54,7 +54,15 @@ MODELS: dict[str, Family] = {
                    lambda state: {"variant": emma.variant_of(state)}, tuple(emma.VARIANTS)),
     "cotex": Family(cotex.CoTEX, cotex.detect_state, lambda s, p: get_layout("lsd"),
                     lambda: InputSpec.frame(size=224), cotex.options_of, tuple(cotex.SIZES)),
+    "cnu": Family(cnu.CNU, cnu.detect_state, lambda s, p: get_layout(cnu.layout_name(s)),
+                  lambda: InputSpec.frame_block(cnu.BLOCK_LEN, size=224, block="selected"), cnu.options_of,
+                  tuple(cnu.VARIANTS)),
 }
+
+
+def default_input(name: str) -> InputSpec:
+    """The input a model family takes unless the geometry flags say otherwise (its published one)."""
+    return _family(name).default_input()
 
 
 def input_kind(name: str) -> str:
@@ -80,7 +88,8 @@ def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, inp
     """A fresh model ``name`` for ``layout`` and ``input_spec`` (its family's default when None), optionally
     initialised from local weight files: torchvision Kinetics/ImageNet (tsav, mtmt, resnet18, resnet50); for emma
     an MAE ViT (``backbone_init``) and DAN's AffectNet-8 file (``dan_init``); for cotex an MAE ViT into every peer.
-    ``variant``: the size of a family that has several (emma: base, small, tiny; cotex: base, tiny);
+    For cnu a face-network file (``models.cnu.load_face_net``: torchvision or VGGFace2 ResNet-50, a CNU face net).
+    ``variant``: the size of a family that has several (emma: base, small, tiny; cotex: base, tiny; cnu: base, small);
     ``options``: further constructor options (e.g. emma's ``dan_bn``, cotex's ``peers``)."""
     family = _family(name)
     kwargs = dict(options or {})
@@ -100,6 +109,12 @@ def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, inp
             tsav_weights.init_video_from(model, video_init)
         if audio_init:
             tsav_weights.init_audio_from(model, audio_init)
+    elif name == "cnu":
+        if video_init or audio_init or dan_init:
+            raise ValueError("cnu takes its face network from --backbone-init (torchvision/VGGFace2 ResNet-50 or a "
+                             "cnu face network)")
+        if backbone_init:
+            cnu.load_face_net(model, backbone_init)
     elif name in ("emma", "cotex"):
         if video_init or audio_init:
             raise ValueError(f"--video-init/--audio-init are for tsav/mtmt; {name} takes --backbone-init (an MAE "
@@ -174,7 +189,9 @@ def load_model(path: str | Path, layout: str | OutputLayout | None = None, trust
         if published and spec.has_audio:  # the audio its authors computed (TSAV's per-frame window)
             spec = replace(spec, audio_window="reference")
         with torch.device("meta"):  # no random init: every tensor comes from the file
-            model = family.cls(layout=layout, input_spec=spec, **family.options_of(state))
+            stored = obj.get("options") if isinstance(obj, Mapping) else None  # options a model keeps in settings()
+            options = {**(stored if isinstance(stored, Mapping) else {}), **family.options_of(state)}
+            model = family.cls(layout=layout, input_spec=spec, **options)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     expected = model.state_dict()

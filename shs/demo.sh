@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded mini Aff-Wild2, end to end, on CPU, for one system:
-#   bash shs/demo.sh [SYSTEM]     SYSTEM = tsav (default), mtmt, emma, cotex or dtm: the train.py flags of
+#   bash shs/demo.sh [SYSTEM]     SYSTEM = tsav (default), mtmt, emma, cotex, dtm or cnu: the train.py flags of
 #                                 shs/demo_SYSTEM.args
 # Shared by the systems, in demo_out/ (DEMO=... to move it), made once: the mini dataset → its LMDB (faces,
 # landmarks, log-mel, labels; a rerun resumes it) → its report → a trivial reference prediction for the
@@ -17,6 +17,9 @@
 # DTM-style pseudo-labelling (dtm, ABAW5 EXPR) uses the ABAW3/5 files (8 classes, demo_out/db_abaw3) with 5 % of
 # the EXPR labels: trained once supervised only (demo_out/dtm/supervised_scores.json), then with pseudo-labels on
 # the rest and on the generator's pool of unlabelled faces (python -m tools.synthetic --unlabelled-faces 1000).
+# CNU_ADL (cnu, ABAW 2020 EXPR + VA) uses the ABAW 2020 files (demo_out/db_abaw2020): the same network trained
+# twice, on one frame (--clip-len 1, "image only", demo_out/cnu/image_only_scores.json) and on blocks of 16
+# selected frames (scores.json); its predictions hold EXPR and interpolate VA over faceless frames (--faceless hold).
 source "$(dirname "$0")/env.sh"
 SYSTEM=${1:-tsav}
 known=$(cd shs && for f in demo_*.args; do f=${f#demo_}; echo -n "${f%.args} "; done)
@@ -30,6 +33,7 @@ DATA=$DEMO/mini_affwild2
 case $SYSTEM in
   emma) EDITION=abaw4; ANN=$DATA/annotations/mtl; DB=$DEMO/db_mtl; BASE=$DEMO/baseline_abaw4 ;;
   dtm) EDITION=abaw5; ANN=$DATA/annotations/abaw3; DB=$DEMO/db_abaw3; BASE=$DEMO/baseline_abaw5 ;;
+  cnu) EDITION=abaw2020; ANN=$DATA/annotations/abaw2020; DB=$DEMO/db_abaw2020; BASE=$DEMO/baseline_abaw2020 ;;
   *) EDITION=abaw2021; ANN=$DATA/annotations/abaw2021; DB=$DEMO/db; BASE=$DEMO/baseline ;;  # layouts abaw2021, mtmt
 esac
 SUB=""  # the submission inside its folder: per-video files are the folder itself, abaw4 writes one MTL file
@@ -62,8 +66,9 @@ if [[ ! -f ${BASE}_scores.json ]]; then
   $PY evaluate.py --check "${BASE}_pred$SUB" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
   $PY evaluate.py --pred "${BASE}_pred$SUB" --annotations "$ANN" --edition $EDITION --json "${BASE}_scores.json"
 fi
-rm -rf "$OUT/train" "$OUT/supervised"  # a fresh run each time (log.csv would otherwise grow)
+rm -rf "$OUT/train" "$OUT/supervised" "$OUT/image_only"  # a fresh run each time (log.csv would otherwise grow)
 TRAIN_EXTRA=()
+TEST_EXTRA=()
 if [[ $SYSTEM == dtm ]]; then  # the same flags without pseudo-labels first, then with the unlabelled pool too
   POOL=$DATA/unlabelled_faces
   $PY -m tools.synthetic --out "$DATA" --seed 0 --unlabelled-faces 1000  # adds $POOL once
@@ -74,9 +79,17 @@ if [[ $SYSTEM == dtm ]]; then  # the same flags without pseudo-labels first, the
     --json "$OUT/supervised_scores.json"
   TRAIN_EXTRA=(--unlabelled "$POOL" --unlabelled-truth "$DATA/unlabelled_faces_truth.json")
 fi
+if [[ $SYSTEM == cnu ]]; then  # the same network on one frame first (their "image" models), then on blocks
+  TEST_EXTRA=(--faceless hold)
+  $PY train.py "@shs/demo_$SYSTEM.args" --db "$DB" --output-dir "$OUT/image_only/train" --clip-len 1
+  $PY test_val_aff2.py --checkpoint "$OUT/image_only/train/best.pth" --db "$DB" --split val --edition $EDITION \
+    --annotations "$ANN" --out "$OUT/image_only/test_val" --workers 1 "${TEST_EXTRA[@]}"
+  $PY evaluate.py --pred "$OUT/image_only/test_val/submission" --annotations "$ANN" --edition $EDITION \
+    --json "$OUT/image_only_scores.json"
+fi
 $PY train.py "@shs/demo_$SYSTEM.args" --db "$DB" --output-dir "$OUT/train" --edition $EDITION "${TRAIN_EXTRA[@]}"
 $PY test_val_aff2.py --checkpoint "$OUT/train/best.pth" --db "$DB" --split val --edition $EDITION \
-  --annotations "$ANN" --out "$OUT/test_val" --workers 1
+  --annotations "$ANN" --out "$OUT/test_val" --workers 1 "${TEST_EXTRA[@]}"
 $PY evaluate.py --check "$OUT/test_val/submission$SUB" --annotations "$ANN" --edition $EDITION --videos "$DATA/videos"
 $PY evaluate.py --pred "$OUT/test_val/submission$SUB" --annotations "$ANN" --edition $EDITION \
   --json "$OUT/scores.json" | tee "$OUT/scores.txt"
@@ -95,5 +108,16 @@ sup, pl = (json.load(open(p))["expr"]["f1"] for p in sys.argv[1:])
 print(f"EXPR F1 with 5 % of the labels: supervised only {sup:.4f}, with pseudo-labels {pl:.4f} ({pl - sup:+.4f})")
 if pl < sup + 0.05:  # what the demo is for: the pseudo-labels must help
     sys.exit("shs/demo.sh dtm: the pseudo-labels gained less than 0.05 EXPR F1 over supervised only")
+PY
+fi
+if [[ $SYSTEM == cnu ]]; then
+  $PY - "$OUT/image_only_scores.json" "$OUT/scores.json" <<'PY'
+import json, sys
+image, block = (json.load(open(p)) for p in sys.argv[1:])
+for name, s in (("image only (one frame)", image), ("block of 16 selected frames", block)):
+    print(f"{name:28s} EXPR F1 {s['expr']['f1']:.4f} (accuracy {s['expr']['accuracy']:.4f}), "
+          f"valence {s['va']['ccc_valence']:.4f}, arousal {s['va']['ccc_arousal']:.4f}")
+if block["expr"]["f1"] < 0.6 or block["va"]["ccc_valence"] < 0.5:  # what the demo promises
+    sys.exit("shs/demo.sh cnu: the block model reached less than EXPR F1 0.6 or valence CCC 0.5")
 PY
 fi

@@ -40,19 +40,25 @@ def tiny_spec(name: str) -> InputSpec:
     if spec.kind == "frame":
         return InputSpec.frame(size=32, mask=spec.mask)
     if spec.kind == "frame_block":
-        return InputSpec.frame_block(2, size=16, dilation=2)
+        return InputSpec.frame_block(2, size=16, dilation=2, block=spec.block)
     return replace(spec, clip_len=2, dilation=2, size=16, audio_seconds=0.3)
 
 
-# The layout each family is built with here: CoTEX has only the six LSD classes.
-OWN_LAYOUT = {"cotex": "lsd"}
+# The layout each family is built with here: CoTEX has only the six LSD classes, CNU_ADL 7 classes and VA.
+OWN_LAYOUT = {"cotex": "lsd", "cnu": "cnu"}
+
+
+def smallest_size(name: str) -> str | None:
+    """The smallest size of a family that has several (tiny, else small)."""
+    variants = MODELS[name].variants
+    return next((v for v in ("tiny", "small") if v in variants), None)
 
 
 @pytest.fixture(scope="module")
 def tiny_models() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     return {name: build_model(name, OWN_LAYOUT.get(name, "abaw2021"), input_spec=tiny_spec(name),
-                              variant="tiny" if "tiny" in MODELS[name].variants else None).eval() for name in MODELS}
+                              variant=smallest_size(name)).eval() for name in MODELS}
 
 
 class Wrapper(nn.Module):
@@ -86,8 +92,10 @@ def test_every_model_declares_its_input_layout_and_decision(tiny_models, name):
     own = LAYOUTS[OWN_LAYOUT.get(name, "abaw2021")]
     assert model.layout == own and model_layout(Wrapper(model)) == own
     assert model.decision in PROFILES
-    assert model.settings() == {"arch": name, "layout": own.name, "input": spec.to_dict(),
-                                "decision": model.decision}
+    settings = model.settings()
+    options = settings.pop("options", {})  # constructor options a model keeps beside its weights (cnu)
+    assert settings == {"arch": name, "layout": own.name, "input": spec.to_dict(), "decision": model.decision}
+    assert set(options) <= set(MODELS[name].options_of(model.state_dict())) | {"caffe_strides", "stage"}
 
 
 @pytest.mark.parametrize("name", list(MODELS))

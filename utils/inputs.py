@@ -7,7 +7,10 @@ bench serve exactly that. Three kinds:
   (+ a mask channel), and a log-mel window centred on the frame's time (TSAV, MTMT);
 - ``frame``: the labelled frame alone, RGB (+ mask if asked), no audio;
 - ``frame_block``: the labelled frame and the T − 1 frames before it, RGB, no audio (a causal block of
-  per-frame inputs, e.g. temporal statistics models).
+  per-frame inputs, e.g. temporal statistics models). ``block='source'``: the T − 1 source frames before it,
+  ``dilation`` apart (black where a face is missing); ``block='selected'``: the last T − 1 *selected* frames
+  before it (gaps skipped, the first selected frame repeated at the track's start; ``data.blocks``), as
+  CNU_ADL's blocks are made — such a sample reaches back an unbounded number of source frames.
 
 The raw sample the data layer serves is uint8 pixels under ``PIXELS`` (``clip_audio``: C×T×S×S;
 ``frame``: C×S×S; ``frame_block``: T×C×S×S) and, for the audio kind, the window in dB (float16 centred,
@@ -26,6 +29,7 @@ import numpy as np
 INPUT_KINDS = ("clip_audio", "frame", "frame_block")
 MASK_KINDS = ("tsav", "mtmt")
 AUDIO_WINDOWS = ("centred", "reference")
+BLOCK_MODES = ("source", "selected")  # frame_block: fixed source-frame offsets, or the selected frames
 CROP = 112  # size of the stored aligned crops
 
 PIXELS = "pixels"  # raw sample key: uint8 frames, laid out by kind (see the module docstring)
@@ -60,6 +64,8 @@ class InputSpec:
     # 'centred': a slice of the video's log-mel centred on the frame (ours); 'reference': TSAV's per-frame
     # computation from the waveform (data.audio.reference_window_db), which published checkpoints were trained on.
     audio_window: str = "centred"
+    # frame_block only: 'source' (fixed offsets) or 'selected' (gaps skipped; see the module docstring)
+    block: str = "source"
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
@@ -72,6 +78,9 @@ class InputSpec:
             raise ValueError(f"a 'frame' input has clip_len 1, got {self.clip_len}")
         if self.audio_window not in AUDIO_WINDOWS:
             raise ValueError(f"audio_window must be one of {AUDIO_WINDOWS}, got {self.audio_window!r}")
+        if self.block not in BLOCK_MODES or (self.block == "selected" and self.kind != "frame_block"):
+            raise ValueError(f"block must be one of {BLOCK_MODES} ('selected' for the frame_block kind only), "
+                             f"got {self.block!r} for {self.kind!r}")
         if (self.kind == "clip_audio") != (self.audio_seconds > 0):
             raise ValueError(f"only the 'clip_audio' kind has an audio window (audio_seconds > 0): {self}")
 
@@ -80,8 +89,9 @@ class InputSpec:
         return cls(kind="frame", clip_len=1, dilation=1, size=size, mask=mask, audio_seconds=0.0)
 
     @classmethod
-    def frame_block(cls, length: int, size: int = 224, dilation: int = 1) -> InputSpec:
-        return cls(kind="frame_block", clip_len=length, dilation=dilation, size=size, mask=None, audio_seconds=0.0)
+    def frame_block(cls, length: int, size: int = 224, dilation: int = 1, block: str = "source") -> InputSpec:
+        return cls(kind="frame_block", clip_len=length, dilation=dilation, size=size, mask=None, audio_seconds=0.0,
+                   block=block)
 
     @classmethod
     def from_dict(cls, d: dict) -> InputSpec:
@@ -102,7 +112,10 @@ class InputSpec:
 
     @property
     def history(self) -> int:
-        """Source frames before the labelled one that a sample reaches back to."""
+        """Source frames before the labelled one that a sample reaches back to (fixed offsets only: a 'selected'
+        block's reach depends on the track, so it has none here)."""
+        if self.block == "selected":
+            return 0
         return (self.clip_len - 1) * self.dilation
 
     @property
@@ -114,4 +127,7 @@ class InputSpec:
 
     def frame_offsets(self) -> np.ndarray:
         """Offsets of the sample's frames from the labelled frame, oldest first (the last is 0)."""
+        if self.block == "selected":
+            raise ValueError("a 'selected' frame block has no fixed frame offsets: its frames come from "
+                             "data.blocks (the track's selected frames)")
         return (np.arange(self.clip_len) - (self.clip_len - 1)) * self.dilation
