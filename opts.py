@@ -19,6 +19,7 @@ from opts_types import (  # noqa: F401 (the argparse types, also read as opts._n
     _positive_float,
     _positive_int,
     _probability,
+    _shift_scale_rotate,
 )
 
 EDITIONS = tuple(tasks.EDITIONS)
@@ -209,6 +210,10 @@ def train_parser() -> argparse.ArgumentParser:
                    help="clips per epoch as a fraction of the candidate frames (MTMT: 1 %%)")
     g.add_argument("--balance-tasks", action="store_true",
                    help="draw so that each task's labelled frames get the same total weight")
+    g.add_argument("--shift-scale-rotate", type=_shift_scale_rotate, default=None, metavar="SHIFT,SCALE,DEGREES",
+                   help="an affine of each clip (each frame of a cnu block) before the flip: shift U(-SHIFT, SHIFT) x "
+                   "size, zoom U(1-SCALE, 1+SCALE), rotation U(-DEGREES, DEGREES), borders reflected (CNU_ADL: "
+                   "0.0625,0.1,45; default none)")
     g.add_argument("--balance-expr", nargs="?", const="weights", default=None, choices=("weights", "max"),
                    help="draw EXPR classes equally often: weights (bare flag) = per-frame draw weights, with "
                    "replacement; max = class by class in turn (draw k from class k mod C, each class's frames "

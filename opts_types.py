@@ -53,3 +53,15 @@ _amount = _number(float, 0.0)
 _positive = _number(float, 0.0, low_open=True)
 _factor_spread = _number(float, 0.0, 1.0, high_open=True)  # factors in [1-x, 1+x] must stay positive
 _probability = _number(float, 0.0, 1.0)
+
+
+def _shift_scale_rotate(text: str) -> tuple[float, float, float]:
+    """argparse type of --shift-scale-rotate: 'SHIFT,SCALE,DEGREES', each >= 0, SCALE < 1."""
+    parts = text.split(",")
+    try:
+        shift, scale, degrees = (float(x) for x in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SHIFT,SCALE,DEGREES (e.g. 0.0625,0.1,45), got {text!r}") from None
+    if not (0 <= shift <= 1 and 0 <= scale < 1 and 0 <= degrees <= 180):
+        raise argparse.ArgumentTypeError(f"expected 0 <= SHIFT <= 1, 0 <= SCALE < 1, 0 <= DEGREES <= 180, got {text!r}")
+    return shift, scale, degrees

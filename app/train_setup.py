@@ -83,7 +83,8 @@ def make_datasets(args: argparse.Namespace, layout: OutputLayout) -> tuple[ClipD
         return train, val, validation_indices(val, args.val_samples, args.seed)
     spec = input_spec(args)
     augment = Augment(flip=args.flip, brightness=args.jitter, contrast=args.jitter, saturation=args.jitter,
-                      hue=args.hue, teacher=METHODS[args.ssl].teacher_view, teacher_jitter=args.teacher_jitter)
+                      hue=args.hue, shift_scale_rotate=args.shift_scale_rotate,
+                      teacher=METHODS[args.ssl].teacher_view, teacher_jitter=args.teacher_jitter)
     train = ClipDataset(args.db, "train", layout, spec, augment)
     val = ClipDataset(args.db, "val", layout, spec)
     return train, val, validation_indices(val, args.val_samples, args.seed)

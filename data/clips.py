@@ -50,6 +50,8 @@ from data.reader import (
     pixels_layout,
     read_frames,
     resize_frames,
+    shift_scale_rotate,
+    warp_frame,
 )
 from data.tracks import stored_tracks
 from tasks import MissingAUError, OutputLayout, au_columns, canonical_split, get_layout
@@ -63,7 +65,8 @@ class DatasetError(ValueError):
 @dataclass(frozen=True)
 class Augment:
     """Per-clip augmentation: one draw per clip, the same for all its frames (a 'selected' frame block: one draw
-    per frame, flip and jitter, as CNU_ADL augments); the mask is never jittered.
+    per frame, as CNU_ADL augments); the mask is never jittered. ``shift_scale_rotate`` (shift, scale, degrees):
+    an affine of the 112 px crop first (``data.reader.shift_scale_rotate``), then the flip, then the jitter.
 
     Student: horizontal flip with probability ``flip`` and colour jitter (factors in [1 − x, 1 + x] for
     brightness/contrast/saturation, hue shift in [−hue, hue] of the colour circle). The teacher view
@@ -78,6 +81,8 @@ class Augment:
     hue: float = 0.0
     teacher: bool = False
     teacher_jitter: float = 0.2
+    # (shift, scale, degrees) of a ShiftScaleRotate before the flip, or None (CNU_ADL: 0.0625, 0.1, 45)
+    shift_scale_rotate: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -307,6 +312,10 @@ class ClipDataset(Dataset):
         aug = self.augment
         rng = np.random.default_rng(seed) if seed is not None else None
         per_frame = self.selected is not None  # CNU_ADL draws every frame of a block on its own
+        if rng is not None and aug.shift_scale_rotate is not None:
+            matrices = [shift_scale_rotate(rng, CROP, *aug.shift_scale_rotate)
+                        for _ in range(len(frames) if per_frame else 1)]
+            frames = np.stack([warp_frame(f, matrices[k if per_frame else 0]) for k, f in enumerate(frames)])
         if rng is not None and aug.flip and per_frame:
             for k in np.flatnonzero(rng.random(len(frames)) < aug.flip):
                 frames[k] = flip_frames(frames[k:k + 1], self.spec.mask)[0]

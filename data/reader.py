@@ -165,6 +165,31 @@ def flip_frames(frames: np.ndarray, mask: str | None) -> np.ndarray:
     return out
 
 
+def shift_scale_rotate(rng: np.random.Generator, size: int, shift: float, scale: float, degrees: float
+                       ) -> np.ndarray:
+    """A 2×3 affine of a size × size frame drawn as albumentations' ShiftScaleRotate draws it: a rotation by
+    U(−degrees, degrees) and a zoom by U(1 − scale, 1 + scale) about the centre, then a shift of
+    U(−shift, shift) × size in x and in y."""
+    angle, zoom = rng.uniform(-degrees, degrees), rng.uniform(1 - scale, 1 + scale)
+    dx, dy = rng.uniform(-shift, shift, size=2) * size
+    matrix = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), angle, zoom)
+    matrix[:, 2] += (dx, dy)
+    return matrix
+
+
+def warp_frame(frame: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """H×W×C uint8 frame through a 2×3 affine: RGB bilinear, a mask channel nearest (its grey levels are
+    labels); borders reflected (reflect-101, albumentations' default)."""
+    h, w = frame.shape[:2]
+    rgb = cv2.warpAffine(np.ascontiguousarray(frame[..., :3]), matrix, (w, h), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REFLECT_101)
+    if frame.shape[-1] == 3:
+        return rgb
+    mask = cv2.warpAffine(np.ascontiguousarray(frame[..., 3]), matrix, (w, h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_REFLECT_101)
+    return np.concatenate([rgb, mask[..., None]], axis=-1)
+
+
 def pixels_layout(frames: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """(…, T, S, S, C) uint8 frames → the raw pixel layout of the input kind (``utils.inputs``), leading dims kept:
     clip_audio C×T×S×S, frame C×S×S, frame_block T×C×S×S."""

@@ -35,9 +35,10 @@ common=(
   # (mapped to Aff-Wild2's), layers before conv4_x frozen; 224 px, BGR minus VGGFace2's means, no std.
   # [ours] the 112 px aligned crops of our database resized to 224 (published: the official non-aligned crops).
   --model cnu --model-size base --size 224 --edition abaw2020
-  # [published] Augmentation drawn per frame of the block: flip 0.5. [ours] no shift/scale/rotate (published:
-  # ShiftScaleRotate 0.0625/0.1/45 after resize 260 and centre crop 224), no colour jitter.
-  --flip 0.5 --jitter 0
+  # [published] Augmentation drawn per frame of the block: ShiftScaleRotate (shift 0.0625, scale 0.1, 45 degrees,
+  # borders reflected), then a flip with probability 0.5; no colour jitter. [ours] on the 112 px crop (published:
+  # after resizing to 260 and a centre crop of 224).
+  --shift-scale-rotate 0.0625,0.1,45 --flip 0.5 --jitter 0
   # [published] Class-balanced draws, class after class; an epoch = the largest class count x 7 (often > 10^5 on
   # Aff-Wild2: [ours] --samples-per-epoch caps it at 64,000 blocks).
   --balance-expr max --samples-per-epoch 64000

@@ -1,6 +1,6 @@
 """CNU_ADL's data side (issue 16): 'selected' frame blocks served by data.clips (gaps skipped, start padding,
-per-frame augmentation), data.blocks.causal_block for frames outside the selection, and the class-cycling
-("max") sampler of data.sampling. On the session's toy database, whose frame i is coloured red(i)."""
+per-frame augmentation, ShiftScaleRotate), data.blocks.causal_block for frames outside the selection, and the
+class-cycling ("max") sampler of data.sampling. On the session's toy database, whose frame i is coloured red(i)."""
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ from toy_db import red
 from data import clips
 from data.blocks import block_of, causal_block
 from data.clips import Augment, ClipDataset
+from data.reader import shift_scale_rotate, warp_frame
 from data.sampling import EpochSampler, class_cycle_size, cycle_classes
 from utils.inputs import JITTER, PIXELS, InputSpec
 
@@ -110,3 +111,35 @@ def test_class_cycle_sampler_takes_classes_in_turn():
     np.testing.assert_array_equal(np.sort(np.concatenate(ranks)), np.sort(full))
     rng = np.random.default_rng(0)
     assert len(cycle_classes([np.array([4])], 5, rng)) == 5
+
+
+def test_shift_scale_rotate_draws_and_warps_each_frame(toy, monkeypatch):
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # the draws stay within the published ranges
+        m = shift_scale_rotate(rng, 112, 0.0625, 0.1, 45)
+        zoom = float(np.hypot(m[0, 0], m[0, 1]))
+        angle = float(np.degrees(np.arctan2(m[0, 1], m[0, 0])))
+        assert 0.9 <= zoom <= 1.1 and -45 <= angle <= 45
+        centre = m @ np.array([55.5, 55.5, 1.0])  # the centre moves by the shift only
+        assert np.all(np.abs(centre - 55.5) <= 0.0625 * 112 + 1e-9)
+    # the warp: a pure shift of 3 px moves a gradient image by 3 px (bilinear, reflected border); the mask channel
+    # keeps its grey levels (nearest)
+    img = np.zeros((112, 112, 4), np.uint8)
+    img[..., 0] = np.arange(112, dtype=np.uint8)[None, :] * 2
+    img[:, 50:, 3] = 7
+    moved = warp_frame(img, np.array([[1.0, 0, 3], [0, 1.0, 0]]))
+    assert np.array_equal(moved[:, 3:, 0], img[:, :-3, 0]) and set(np.unique(moved[..., 3])) <= {0, 7}
+    assert warp_frame(img[..., :3], np.array([[1.0, 0, 0], [0, 1.0, 0]])).shape == (112, 112, 3)
+    # per frame of a block: one matrix each, drawn from the sample's seed
+    seen = []
+    monkeypatch.setattr(clips, "warp_frame", lambda f, m: seen.append(m.copy()) or f)
+    ds = ClipDataset(toy, "train", "cnu", SPEC, Augment(shift_scale_rotate=(0.0625, 0.1, 45)))
+    index = ds.track_range("a").start + 29
+    ds[(index, 5)]
+    first, seen[:] = list(seen), []
+    ds[(index, 5)]
+    assert len(first) == 4 and all(np.array_equal(a, b) for a, b in zip(first, seen, strict=True))
+    assert not np.allclose(first[0], first[1])  # each frame its own affine
+    seen.clear()
+    ds[index]  # no seed (validation): no augmentation
+    assert not seen

@@ -105,6 +105,7 @@ def test_recipe_script_runs_the_published_stages(tmp_path):
     assert second.backbone_init == str(tmp_path / "out" / "face" / "best.pth")
     for args in (first, second):
         assert (args.size, args.edition, args.balance_expr, args.flip, args.epochs) == (224, "abaw2020", "max", 0.5, 2)
+        assert args.shift_scale_rotate == (0.0625, 0.1, 45)
     (joint,) = script_calls(tmp_path, "face.pth", STAGES="joint", LSTM="1")
     joint = train_parser().parse_args(joint[1:])
     assert (joint.cnu_stage, joint.cnu_lstm, joint.history_grad) == ("joint", True, False)
