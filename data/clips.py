@@ -323,6 +323,7 @@ class ClipDataset(Dataset):
             frames = flip_frames(frames, self.spec.mask)
         frames = resize_frames(frames, self.spec.size)
         sample = {PIXELS: pixels_layout(torch.from_numpy(frames), self.spec)}
+
         def draw() -> list[float]:
             return (draw_jitter(rng, aug.brightness, aug.contrast, aug.saturation, aug.hue) if rng is not None
                     else list(IDENTITY_JITTER))
