@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -36,3 +39,24 @@ def subset(root: Path, names: list[str], dst: Path) -> Path:
         if v["name"] in names:
             (dst / Path(v["path"]).name).symlink_to(root / v["path"])
     return dst
+
+
+def run_synthetic(out: Path, *args: str) -> str:
+    """``python -m tools.synthetic --out OUT ARGS`` in this process; what it printed."""
+    from tools.synthetic.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main(["--out", str(out), *args])
+    return buf.getvalue()
+
+
+def digests(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Relative path → sha256 of every file under root (``skip``: top-level entries left out)."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] not in skip}
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    """Relative path → modification time (ns) of every file under root."""
+    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}

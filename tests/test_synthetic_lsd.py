@@ -4,9 +4,6 @@ refusal of someone else's DIR/lsd, and that a classifier fitted on the synthetic
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -14,11 +11,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import digests, mtimes, run_synthetic
 
 from data.lsd import LsdImages, class_folders
 from tasks import EXPR_NAMES_6, TRAIN_SPLIT, VAL_SPLIT
 from tools.synthetic import lsd
-from tools.synthetic.cli import main
 
 PER_CLASS = 20
 ARGS = ["--seed", "0", "--quick", "--lsd", "--lsd-per-class", str(PER_CLASS)]
@@ -26,20 +23,7 @@ ARGS = ["--seed", "0", "--quick", "--lsd", "--lsd-per-class", str(PER_CLASS)]
 
 def run(out: Path, *extra: str) -> str:
     """Run the command line on ``out``; its stdout."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        main(["--out", str(out), *ARGS, *extra])
-    return buf.getvalue()
-
-
-def digests(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """Relative path → sha256 of every file under root (``skip``: top-level entries left out)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] not in skip}
-
-
-def mtimes(root: Path) -> dict[str, int]:
-    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    return run_synthetic(out, *ARGS, *extra)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,6 @@ read back from the pictures by a classifier fitted on the videos' labelled crops
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -15,11 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import digests, mtimes, run_synthetic
 
 from data.annotations import read_label_file
 from tasks import EXPR_NAMES_8, TRAIN_SPLIT
 from tools.synthetic import lsd, read_unlabelled_truth, unlabelled
-from tools.synthetic.cli import build_parser, main
+from tools.synthetic.cli import build_parser
 from tools.synthetic.mapping import AU_NAMES_ALL, EXPR_AU_AFFINITY, EXPR_PRIOR
 
 N = 60
@@ -29,20 +27,7 @@ POOL = (unlabelled.FOLDER, unlabelled.TRUTH)
 
 def run(out: Path, *extra: str) -> str:
     """Run the command line on ``out``; its stdout."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        main(["--out", str(out), *ARGS, *extra])
-    return buf.getvalue()
-
-
-def digests(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """Relative path → sha256 of every file under root (``skip``: top-level entries left out)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).parts[0] not in skip}
-
-
-def mtimes(root: Path) -> dict[str, int]:
-    return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    return run_synthetic(out, *ARGS, *extra)
 
 
 @pytest.fixture(scope="module")
