@@ -191,7 +191,7 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask", default="tsav", choices=("tsav", "mtmt"),
                    help="which stored mask is the 4th input channel (the database must hold it)")
     g.add_argument("--size", type=_positive_int, default=None,
-                   help="frame height and width in pixels (default: the model's own, 112; emma 224)")
+                   help="frame height and width in pixels (default: the model's own, 112; emma, cotex, cnu 224)")
     g.add_argument("--clip-len", type=_positive_int, default=None,
                    help="frames per clip or block, the labelled frame last (default: the model's own: tsav/mtmt 8, "
                    "cnu 16, frame models 1)")
@@ -234,7 +234,8 @@ def train_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="tsav", choices=MODELS,
                    help="tsav: R(2+1)D-18 + ResNet-18 on clip + audio, one head; mtmt: SE video stream, task heads, "
                    "self-cure; resnet18: one frame (no mask, no audio), one head; emma: ViT + DAN (ABAW4 MTL); "
-                   "cotex: --peers ViTs co-trained with --ssl cotex (ABAW4 LSD)")
+                   "cotex: --peers ViTs co-trained with --ssl cotex (ABAW4 LSD); cnu: ResNet face network on blocks "
+                   "of selected frames, temporal statistics, EXPR/VA heads (ABAW 2020)")
     g.add_argument("--dropout", type=_factor_spread, default=0.0, help="dropout before the head(s)")
     g.add_argument("--init-from", default=None,
                    help="checkpoint to start from: same model and layout → every weight, else the two streams "
@@ -248,7 +249,8 @@ def train_parser() -> argparse.ArgumentParser:
                    help="size of a model that has several (emma: base = the published ViT-B/16 and ResNet-18 DAN; "
                    "small = a 4-block ViT of width 192; tiny = a 2-block ViT of width 64 on 32 px patches with a "
                    "narrow DAN, for tests and the CPU demo); cotex: base = ViT-B/16 peers, tiny = 2 blocks of width "
-                   "64; default: the full size. An error for other models")
+                   "64; cnu: base = the published ResNet-50 face network, small = ResNet-18 with narrow heads; "
+                   "default: the full size. An error for other models")
     g.add_argument("--dan-init", default=None,
                    help="emma: DAN's AffectNet-8 checkpoint ({'iter', 'model_state_dict', ...}) for the frozen CNN")
     g.add_argument("--dan-bn", default=None, choices=("frozen", "adapt"),
