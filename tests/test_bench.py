@@ -95,6 +95,19 @@ def test_train_times_the_frame_models_and_refuses_them_elsewhere(tmp_path, name,
         bench.main(["loader", "--model", name, "--work", str(tmp_path)])
 
 
+def test_train_times_a_cnu_block_model(tmp_path):
+    out = bench.main(["train", "--model", "cnu", "--model-size", "small", "--size", "32", "--clip-len", "3",
+                      "--no-history-grad", "--batch-size", "2", "--repeats", "1", "--warmup", "0", "--precisions",
+                      "fp32", "--memory-formats", "contiguous", "--ddp-procs", "1", "--threads", "1", "--work",
+                      str(tmp_path)])
+    r = out["results"]["train"]
+    assert r["input"]["kind"] == "frame_block" and r["input"]["block"] == "selected" and r["input"]["clip_len"] == 3
+    assert out["args"]["layout"] == "cnu" and r["best_clips_per_s"] > 0
+    assert bench.build_parser().parse_args(["train", "--model", "cnu"]).clip_len is None  # 16 once resolved
+    with pytest.raises(SystemExit, match="cnu is measured by 'train' only"):
+        bench.main(["infer", "--model", "cnu", "--work", str(tmp_path)])
+
+
 def test_tsav_logmel_is_the_reference_computation(tmp_path):
     """The TSAV-style loader's per-clip log-mel equals data.audio.reference_logmel_clip on the same wav."""
     rng = np.random.default_rng(0)

@@ -137,14 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--detect-every", type=int, default=5, help="run the detector every k frames (as create_database)")
     g = p.add_argument_group("clips (loader, train, infer)")
     g.add_argument("--size", type=int, default=None,
-                   help="crop side given to the model (default the published one: 112; emma 224)")
-    g.add_argument("--clip-len", type=int, default=8, help="frames per clip")
+                   help="crop side given to the model (default the published one: 112; emma, cotex, cnu 224)")
+    g.add_argument("--clip-len", type=int, default=None,
+                   help="frames per clip (default 8; cnu: frames per block, default the published 16)")
     g.add_argument("--dilation", type=int, default=6, help="frames between clip frames")
     g.add_argument("--audio-seconds", type=float, default=10.0, help="log-mel window (10 s = 1001 columns)")
-    g.add_argument("--model", choices=("tsav", "mtmt", "emma", "cotex"), default="tsav",
-                   help="model to time (train, infer; emma, cotex: train only, one frame per sample)")
-    g.add_argument("--model-size", choices=("base", "tiny"), default="base",
-                   help="emma, cotex: the published ViT-B/16 (base) or the demo's tiny ViT")
+    g.add_argument("--model", choices=("tsav", "mtmt", "emma", "cotex", "cnu"), default="tsav",
+                   help="model to time (train, infer; emma, cotex: train only, one frame per sample; cnu: train only, "
+                   "a block of --clip-len frames per sample)")
+    g.add_argument("--model-size", choices=("base", "small", "tiny"), default="base",
+                   help="emma, cotex: the published ViT-B/16 (base) or the demo's tiny ViT; cnu: the published "
+                   "ResNet-50 face network (base) or the demo's ResNet-18 (small)")
+    g.add_argument("--no-history-grad", action="store_true",
+                   help="cnu: the block's earlier frames without gradient (train.py --no-history-grad)")
     g.add_argument("--layout", default=None,
                    help="output layout of the model (default: abaw2021; emma: emma; cotex: lsd)")
     g = p.add_argument_group("loader")
@@ -177,12 +182,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         raise SystemExit("tools.bench: --repeats must be >= 1 and --warmup >= 0")
-    frame_model = args.model in ("emma", "cotex")
-    if frame_model and args.command != "train":
+    train_only = args.model in ("emma", "cotex", "cnu")
+    if train_only and args.command != "train":
         raise SystemExit(f"tools.bench: --model {args.model} is measured by 'train' only (loader and infer compare "
                          "clip models with the TSAV-style pipeline)")
-    args.size = args.size or (224 if frame_model else 112)
-    args.layout = args.layout or {"emma": "emma", "cotex": "lsd"}.get(args.model, "abaw2021")
+    args.size = args.size or (224 if train_only else 112)
+    args.clip_len = args.clip_len or (16 if args.model == "cnu" else 8)
+    args.layout = args.layout or {"emma": "emma", "cotex": "lsd", "cnu": "cnu"}.get(args.model, "abaw2021")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)

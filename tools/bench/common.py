@@ -162,9 +162,11 @@ def fmt(s: dict, digits: int = 1) -> str:
 
 def input_spec(args: argparse.Namespace) -> InputSpec:
     """The clip+audio input of the --clip-len/--dilation/--size/--audio-seconds flags, TSAV mask (the one the
-    TSAV export holds), for TSAV and MTMT; one RGB frame of --size for EMMA and CoTEX."""
+    TSAV export holds), for TSAV and MTMT; one RGB frame of --size for EMMA and CoTEX; a block for CNU_ADL."""
     if getattr(args, "model", "") in ("emma", "cotex"):
         return InputSpec.frame(size=args.size, mask=None)
+    if getattr(args, "model", "") == "cnu":  # CNU_ADL: a block of selected frames
+        return InputSpec.frame_block(args.clip_len, size=args.size, block="selected")
     return InputSpec(kind="clip_audio", clip_len=args.clip_len, dilation=args.dilation, size=args.size, mask="tsav",
                      audio_seconds=args.audio_seconds)
 

@@ -64,7 +64,8 @@ def make_step(model: nn.Module, batch: dict, layout: str, device: torch.device, 
     groups, e.g. EMMA, AdamW over its groups with weight decay 0.05 as its recipe has it; CoTEX's loss is its
     co-training loss over the peers, two peers unmasked as the shipped script); the inputs are made by
     the model's ``prepare`` hook once, before (the step is timed, not the input step)."""
-    criterion = MultiTaskLoss(layout)
+    make_loss = getattr(unwrap_model(model), "make_loss", None)  # a model's own loss (cnu), else the default
+    criterion = (make_loss() if make_loss is not None else None) or MultiTaskLoss(layout)
     if hasattr(unwrap_model(model), "param_groups"):
         opt = build_optimizer(model, "adamw", 5e-4, 0.05)
     else:
@@ -92,8 +93,10 @@ def make_step(model: nn.Module, batch: dict, layout: str, device: torch.device, 
 def new_model(args: argparse.Namespace, device: torch.device, channels_last: bool) -> nn.Module:
     """A fresh ``--model`` for the bench's input (seeded), in training mode on ``device``."""
     torch.manual_seed(args.seed)
-    variant = args.model_size if args.model in ("emma", "cotex") else None
-    model = build_model(args.model, args.layout, input_spec=input_spec(args), variant=variant).to(device).train()
+    variant = args.model_size if args.model in ("emma", "cotex", "cnu") else None
+    options = {"history_grad": not args.no_history_grad} if args.model == "cnu" else None
+    model = build_model(args.model, args.layout, input_spec=input_spec(args), variant=variant,
+                        options=options).to(device).train()
     return model.to_channels_last() if channels_last else model
 
 
