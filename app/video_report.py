@@ -77,7 +77,8 @@ def write_frame_csv(path: str | Path, times: np.ndarray, has_face: np.ndarray, c
 def plot_timeline(path: str | Path, times: np.ndarray, has_face: np.ndarray, preds: dict[str, np.ndarray],
                   decisions: dict[str, np.ndarray], expr_names: tuple[str, ...], au_names: tuple[str, ...],
                   title: str = "") -> Path:
-    """PNG: valence/arousal curves, an expression colour band, an AU raster, faceless frames shaded."""
+    """PNG: valence/arousal curves, an expression colour band, an AU raster (when the layout has AUs), faceless
+    frames shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,8 +86,10 @@ def plot_timeline(path: str | Path, times: np.ndarray, has_face: np.ndarray, pre
     from matplotlib.patches import Patch
 
     t = np.asarray(times, float)
-    fig, (ax_va, ax_ex, ax_au) = plt.subplots(
-        3, 1, figsize=(12, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 0.6, 0.25 * len(au_names) + 0.6]})
+    heights = [3, 0.6] + ([0.25 * len(au_names) + 0.6] if au_names else [])
+    fig, axes = plt.subplots(len(heights), 1, figsize=(12, 4.2 + 0.25 * len(au_names)), sharex=True,
+                             gridspec_kw={"height_ratios": heights})
+    ax_va, ax_ex = axes[:2]
     if "va" in preds:
         ax_va.plot(t, preds["va"][:, 0], label="valence", color="tab:blue", lw=1.2)
         ax_va.plot(t, preds["va"][:, 1], label="arousal", color="tab:red", lw=1.2)
@@ -98,22 +101,26 @@ def plot_timeline(path: str | Path, times: np.ndarray, has_face: np.ndarray, pre
     ax_va.axhline(0, color="k", lw=0.5)
     ax_va.set_ylabel("VA")
     for a, b in runs(~np.asarray(has_face, bool)):
-        for ax in (ax_va, ax_ex, ax_au):
+        for ax in axes:
             ax.axvspan(t[a], t[min(b, len(t) - 1)], color="0.85", zorder=0)
     edges = np.append(t, t[-1] + (t[-1] - t[-2] if len(t) > 1 else 1 / 30))
     if "EXPR" in decisions:
         colours = np.array([EXPR_COLOURS.get(n, (0, 0, 0)) for n in expr_names], float) / 255
         ax_ex.pcolormesh(edges, [0, 1], colours[decisions["EXPR"]][None], shading="flat")
+        below = bool(au_names)  # between the band and the AU raster; else above the band, clear of the time axis
         ax_ex.legend(handles=[Patch(color=colours[k], label=n) for k, n in enumerate(expr_names)],
-                     loc="upper center", bbox_to_anchor=(0.5, -0.05), ncol=len(expr_names), fontsize=7, frameon=False)
+                     loc="upper center" if below else "lower center", bbox_to_anchor=(0.5, -0.05 if below else 1.0),
+                     ncol=len(expr_names), fontsize=7, frameon=False)
     ax_ex.set_yticks([])
     ax_ex.set_ylabel("EXPR")
-    if "AU" in decisions:
-        on = decisions["AU"].T.astype(float)
-        ax_au.pcolormesh(edges, np.arange(len(au_names) + 1), on, cmap="Greys", vmin=0, vmax=1, shading="flat")
-    ax_au.set_yticks(np.arange(len(au_names)) + 0.5, au_names, fontsize=7)
-    ax_au.invert_yaxis()
-    ax_au.set_xlabel("time (s)")
+    if au_names:
+        ax_au = axes[2]
+        if "AU" in decisions:
+            on = decisions["AU"].T.astype(float)
+            ax_au.pcolormesh(edges, np.arange(len(au_names) + 1), on, cmap="Greys", vmin=0, vmax=1, shading="flat")
+        ax_au.set_yticks(np.arange(len(au_names)) + 0.5, au_names, fontsize=7)
+        ax_au.invert_yaxis()
+    axes[-1].set_xlabel("time (s)")
     if title:
         ax_va.set_title(title)
     return save_figure(fig, path, dpi=110)

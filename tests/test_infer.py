@@ -383,3 +383,18 @@ def test_nonsensical_numbers_are_refused_when_parsing(tmp_path, capsys, flag, va
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"argument {flag}: expected" in err and repr(value) in err
+
+
+def test_timeline_has_an_au_raster_only_for_layouts_with_aus(tmp_path, monkeypatch):
+    from app import video_report
+    from tasks import AU_NAMES_12, EXPR_NAMES_7
+
+    figures = []
+    monkeypatch.setattr(video_report, "save_figure", lambda fig, path, dpi=100: figures.append(fig) or Path(path))
+    t, face = np.arange(50) / 30, np.ones(50, bool)
+    preds, decisions = {"va": np.zeros((50, 2))}, {"EXPR": np.zeros(50, int)}
+    video_report.plot_timeline(tmp_path / "a.png", t, face, preds, decisions, EXPR_NAMES_7, ())
+    video_report.plot_timeline(tmp_path / "b.png", t, face, preds, {**decisions, "AU": np.zeros((50, 12), int)},
+                               EXPR_NAMES_7, AU_NAMES_12)
+    assert [len(f.axes) for f in figures] == [2, 3]
+    assert [f.axes[-1].get_xlabel() for f in figures] == ["time (s)"] * 2
