@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import REFERENCE, describe, read_key_list
 
+import models
 from models import cotex
 from models.cotex import CoTEX, PeerSize, cotex_loss, detect_cotex, js_agreement, load_cotex
 from utils.checkpoint import CheckpointError
@@ -122,6 +123,11 @@ def test_a_published_checkpoint_loads_strictly_as_the_n_peer_model(tmp_path, mon
     assert len(model.peers) == 2 and not model.training and model.variant == "narrow"
     for peer, state in zip(model.peers, states, strict=True):
         assert all(torch.equal(v, state[k]) for k, v in peer.state_dict().items())
+    published = models.load_published(tmp_path / "cotex.pth")  # the entry point: the same N-peer model
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert isinstance(published, CoTEX) and not published.training
+        torch.testing.assert_close(published({"image": x}), model.peer_logits(x).sum(0))
     del states[1]["vit.head.bias"]
     torch.save({"epoch": 5, "state_dicts": states}, tmp_path / "cut.pth")
     with pytest.raises(CheckpointError, match="peer 2.*1 missing keys"):
