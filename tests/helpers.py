@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -60,3 +61,11 @@ def digests(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 def mtimes(root: Path) -> dict[str, int]:
     """Relative path → modification time (ns) of every file under root."""
     return {p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def added_to_copy(dataset: Path, out: Path, *args: str) -> tuple[Path, dict[str, int], str]:
+    """A copy of a generated dataset (mtimes kept) at ``out`` that the generator was then run on with ``args``:
+    (out, its videos' mtimes before the run, what the run printed)."""
+    shutil.copytree(dataset, out)
+    before = mtimes(out / "videos")
+    return out, before, run_synthetic(out, *args)

@@ -5,13 +5,12 @@ refusal of someone else's DIR/lsd, and that a classifier fitted on the synthetic
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from helpers import digests, mtimes, run_synthetic
+from helpers import added_to_copy, digests, mtimes, run_synthetic
 
 from data.lsd import LsdImages, class_folders
 from tasks import EXPR_NAMES_6, TRAIN_SPLIT, VAL_SPLIT
@@ -34,12 +33,8 @@ def fresh(mini_quick_extras) -> Path:
 
 @pytest.fixture(scope="module")
 def added(mini_quick, tmp_path_factory) -> tuple[Path, dict[str, int], str]:
-    """A copy of the session's quick dataset (mtimes kept) that --lsd was then run on: (root, the videos'
-    mtimes before, what the run printed)."""
-    out = tmp_path_factory.mktemp("lsd_added") / "mini"
-    shutil.copytree(mini_quick, out)
-    before = mtimes(out / "videos")
-    return out, before, run(out)
+    """A copy of the session's quick dataset that --lsd was then run on (``helpers.added_to_copy``)."""
+    return added_to_copy(mini_quick, tmp_path_factory.mktemp("lsd_added") / "mini", *ARGS)
 
 
 def test_folders_are_read_by_data_lsd(added):

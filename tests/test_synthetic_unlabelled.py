@@ -6,13 +6,12 @@ read back from the pictures by a classifier fitted on the videos' labelled crops
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from helpers import digests, mtimes, run_synthetic
+from helpers import added_to_copy, digests, mtimes, run_synthetic
 
 from data.annotations import read_label_file
 from tasks import EXPR_NAMES_8, TRAIN_SPLIT
@@ -38,12 +37,8 @@ def fresh(mini_quick_extras) -> Path:
 
 @pytest.fixture(scope="module")
 def added(mini_quick, tmp_path_factory) -> tuple[Path, dict[str, int], str]:
-    """A copy of the session's quick dataset (mtimes kept) that the pool was then added to: (root, the videos'
-    mtimes before, what the run printed)."""
-    out = tmp_path_factory.mktemp("unlabelled_added") / "mini"
-    shutil.copytree(mini_quick, out)
-    before = mtimes(out / "videos")
-    return out, before, run(out)
+    """A copy of the session's quick dataset that the pool was then added to (``helpers.added_to_copy``)."""
+    return added_to_copy(mini_quick, tmp_path_factory.mktemp("unlabelled_added") / "mini", *ARGS)
 
 
 def test_the_pool_and_its_truth(added):
