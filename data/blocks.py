@@ -65,9 +65,7 @@ def block_of(selected: np.ndarray, frame: int, length: int = BLOCK_LENGTH) -> np
     if not (0 <= frame < len(selected)) or not selected[frame]:
         raise ValueError(f"frame {frame} is not a selected frame of this track ({len(selected)} frames, "
                          f"{int(selected.sum())} selected)")
-    frames = np.flatnonzero(selected[: frame + 1])  # only the past matters: the block is causal
-    pos = np.clip(np.arange(len(frames) - length, len(frames)), 0, None)
-    return frames[pos].astype(np.int64)
+    return block_at(np.flatnonzero(selected), frame, length)
 
 
 def causal_block(selected: np.ndarray, frame: int, length: int = BLOCK_LENGTH) -> np.ndarray:
@@ -78,8 +76,15 @@ def causal_block(selected: np.ndarray, frame: int, length: int = BLOCK_LENGTH) -
     selected = np.asarray(selected, bool)
     if not 0 <= frame < len(selected):
         raise ValueError(f"frame {frame} outside the track's {len(selected)} frames")
-    if selected[frame]:
-        return block_of(selected, frame, length)
-    before = np.flatnonzero(selected[:frame])[-(length - 1):] if length > 1 else np.zeros(0, np.int64)
+    return block_at(np.flatnonzero(selected), frame, length)
+
+
+def block_at(positions: np.ndarray, frame: int, length: int = BLOCK_LENGTH) -> np.ndarray:
+    """``causal_block`` from ``positions``, the sorted source indices of a track's selected frames
+    (``np.flatnonzero(selected)``, found once per track): a binary search, not a scan of the track, per block."""
+    k = int(np.searchsorted(positions, frame, side="right"))  # selected frames at or before ``frame``
+    if k and positions[k - 1] == frame:  # selected: the last ``length`` selected frames, the first one repeated
+        return positions[np.clip(np.arange(k - length, k), 0, None)].astype(np.int64)
+    before = positions[max(0, k - (length - 1)):k] if length > 1 else positions[:0]
     entries = np.concatenate([before, [frame]]).astype(np.int64)
     return np.concatenate([np.full(length - len(entries), entries[0], np.int64), entries])

@@ -197,6 +197,9 @@ class ClipDataset(Dataset):
         self.starts = np.concatenate([[0], np.cumsum(lengths)])
         self.labels = {k: np.concatenate(v) for k, v in labels.items()}
         self.selected = self._selected_frames() if self.spec.block == "selected" else None
+        # per track, the source indices of its selected frames: each sample's block is a binary search in them
+        self.selected_positions = None if self.selected is None else [
+            np.flatnonzero(self.selected[a:b]) for a, b in zip(self.starts[:-1], self.starts[1:], strict=True)]
 
     def _selected_frames(self) -> np.ndarray:
         """(N,) bool, the frames 'selected' blocks are made of (``data.blocks.selected_frames``): with labels, a
@@ -294,9 +297,8 @@ class ClipDataset(Dataset):
         """T×112×112×C uint8 of the sample ending at ``frame`` (zeros for missing frames; C = 3 + mask)."""
         track = self.tracks[t]
         out = np.zeros((self.spec.clip_len, CROP, CROP, self.spec.channels), np.uint8)
-        if self.selected is not None:  # the last selected frames, gaps skipped
-            sel = self.selected[self.starts[t]:self.starts[t + 1]]
-            frames = blocks.causal_block(sel, frame, self.spec.clip_len)
+        if self.selected_positions is not None:  # the last selected frames, gaps skipped
+            frames = blocks.block_at(self.selected_positions[t], frame, self.spec.clip_len)
         else:
             frames = frame + self.spec.frame_offsets()
         rows = [(k, int(i)) for k, i in enumerate(frames) if 0 <= i < len(track.face) and track.face[i]]

@@ -110,7 +110,7 @@ def build_model(name: str, layout: str | OutputLayout, dropout: float = 0.0, inp
         if audio_init:
             tsav_weights.init_audio_from(model, audio_init)
     elif name == "cnu":
-        if video_init or audio_init or dan_init:
+        if video_init or audio_init:
             raise ValueError("cnu takes its face network from --backbone-init (torchvision/VGGFace2 ResNet-50 or a "
                              "cnu face network)")
         if backbone_init:

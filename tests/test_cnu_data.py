@@ -7,7 +7,7 @@ import pytest
 from toy_db import red
 
 from data import clips
-from data.blocks import block_of, causal_block
+from data.blocks import block_at, block_of, causal_block
 from data.clips import Augment, ClipDataset
 from data.reader import shift_scale_rotate, warp_frame
 from data.sampling import EpochSampler, class_cycle_size, cycle_classes
@@ -143,3 +143,16 @@ def test_shift_scale_rotate_draws_and_warps_each_frame(toy, monkeypatch):
     seen.clear()
     ds[index]  # no seed (validation): no augmentation
     assert not seen
+
+
+def test_block_at_agrees_with_a_direct_scan_of_the_track():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        sel = rng.random(40) < 0.4
+        positions, length = np.flatnonzero(sel), int(rng.integers(1, 6))
+        for frame in range(40):
+            got = block_at(positions, frame, length)
+            before = [i for i in range(frame) if sel[i]][-(length - 1):] if length > 1 else []
+            want = before + [frame]
+            want = [want[0]] * (length - len(want)) + want
+            assert got.tolist() == want, (frame, length)
